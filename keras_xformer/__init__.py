@@ -1,0 +1,5 @@
+"""keras_xformer: the Transformer of Vaswani et al. (2017) as Keras 3 layers."""
+
+__version__ = "0.1.0"
+
+from keras_xformer import layers  # noqa: F401
