@@ -1,0 +1,187 @@
+"""Greedy and beam search over a `Transformer`, with key/value caches.
+
+Both searches are written with `keras.ops` and a `while_loop` so they trace
+into one graph: on TensorFlow the whole search is one `tf.function`
+(XLA-compiled when asked), traced once per (batch, source length,
+max_length) and reused.
+"""
+
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+# A finite stand-in for -inf: `score + _NEG` stays finite and comparable,
+# where `-inf - -inf` would be NaN.
+_NEG = -1e9
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _empty_self_attention_caches(model, batch, max_length):
+    head_dim = model.hidden_dim // model.num_heads
+    shape = (batch, 2, max_length, model.num_heads, head_dim)
+    return [ops.zeros(shape, model.compute_dtype) for _ in range(model.num_layers)]
+
+
+def greedy_search(model, source_ids, max_length):
+    """Argmax decoding; see `Transformer.generate`. Returns `(batch,
+    max_length)` int32 ids."""
+    encoder_outputs, source_mask = model.encode(source_ids, training=False)
+    cross_caches = model.decoder.compute_cross_attention_caches(encoder_outputs)
+    batch = ops.shape(source_ids)[0]
+
+    def cond(i, tokens, outputs, done, caches):
+        return ops.logical_and(i < max_length, ops.logical_not(ops.all(done)))
+
+    def body(i, tokens, outputs, done, caches):
+        logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
+        next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        next_ids = ops.where(done, 0, next_ids)
+        outputs = ops.slice_update(outputs, (0, i), ops.expand_dims(next_ids, 1))
+        # A [PAD] ends a sequence as [END] does: everything after it would
+        # read as padding.
+        done = done | (next_ids == model.end_token_id) | (next_ids == 0)
+        return i + 1, ops.expand_dims(next_ids, 1), outputs, done, caches
+
+    loop_vars = (
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((batch, 1), model.start_token_id, "int32"),
+        ops.zeros((batch, max_length), "int32"),
+        ops.zeros((batch,), "bool"),
+        _empty_self_attention_caches(model, batch, max_length),
+    )
+    return ops.while_loop(cond, body, loop_vars)[2]
+
+
+def beam_search(model, source_ids, max_length, beam_size, length_penalty):
+    """Beam search with the length penalty of Wu et al. (2016),
+    `((5 + length) / 6) ** alpha`, applied when choosing among the final
+    beams. A finished beam keeps its score and competes for its slot; the
+    search stops when every beam has finished. Returns `(batch,
+    max_length)` int32 ids."""
+    k = beam_size
+    encoder_outputs, source_mask = model.encode(source_ids, training=False)
+    batch = ops.shape(source_ids)[0]
+    # Beams live in the batch axis: (batch * k, ...), beam-major per example.
+    cross_caches = [
+        ops.repeat(c, k, axis=0)
+        for c in model.decoder.compute_cross_attention_caches(encoder_outputs)
+    ]
+    source_mask = ops.repeat(source_mask, k, axis=0)
+    vocabulary = model.target_vocabulary_size
+    # A finished beam may only be extended by [PAD], at no cost.
+    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)
+    batch_offsets = ops.expand_dims(ops.arange(batch) * k, 1)
+
+    def cond(i, tokens, sequences, scores, lengths, done, caches):
+        return ops.logical_and(i < max_length, ops.logical_not(ops.all(done)))
+
+    def body(i, tokens, sequences, scores, lengths, done, caches):
+        logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
+        log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
+        log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
+        candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
+        scores, flat_index = ops.top_k(candidates, k)
+        beam = flat_index // vocabulary
+        next_ids = ops.cast(flat_index % vocabulary, "int32")
+        sequences = ops.take_along_axis(sequences, ops.expand_dims(beam, -1), axis=1)
+        sequences = ops.slice_update(
+            sequences, (0, 0, i), ops.expand_dims(next_ids, -1)
+        )
+        was_done = ops.take_along_axis(done, beam, axis=1)
+        lengths = ops.take_along_axis(lengths, beam, axis=1) + ops.cast(
+            ops.logical_not(was_done), "int32"
+        )
+        done = was_done | (next_ids == model.end_token_id) | (next_ids == 0)
+        rows = ops.reshape(batch_offsets + beam, (-1,))
+        caches = [ops.take(c, rows, axis=0) for c in caches]
+        return i + 1, ops.reshape(next_ids, (-1, 1)), sequences, scores, lengths, done, caches
+
+    first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
+    loop_vars = (
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((batch * k, 1), model.start_token_id, "int32"),
+        ops.zeros((batch, k, max_length), "int32"),
+        ops.tile(ops.expand_dims(first_beam_only, 0), (batch, 1)),
+        ops.zeros((batch, k), "int32"),
+        ops.zeros((batch, k), "bool"),
+        _empty_self_attention_caches(model, batch * k, max_length),
+    )
+    _, _, sequences, scores, lengths, _, _ = ops.while_loop(cond, body, loop_vars)
+    penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
+    best = ops.argmax(scores / penalty, axis=-1)
+    return ops.take_along_axis(
+        sequences, ops.reshape(best, (-1, 1, 1)), axis=1
+    )[:, 0]
+
+
+def _validate(model, source_ids, max_length, method, beam_size, length_penalty, jit_compile):
+    source_ids = np.asarray(source_ids) if not hasattr(source_ids, "dtype") else source_ids
+    dtype = keras.backend.standardize_dtype(source_ids.dtype)
+    if "int" not in dtype:
+        raise ValueError(
+            "`source_ids` must be integer token ids; received dtype "
+            f"{dtype}. Tokenize the text first (WordPieceTokenizer.tokenize)."
+        )
+    if len(source_ids.shape) != 2:
+        raise ValueError(
+            "`source_ids` must have shape (batch, source_length); received "
+            f"shape {tuple(source_ids.shape)}."
+        )
+    if method not in ("greedy", "beam"):
+        raise ValueError(f'`method` must be "greedy" or "beam"; received {method!r}.')
+    if max_length is None:
+        max_length = model.max_length or 2 * int(source_ids.shape[1])
+    if not isinstance(max_length, (int, np.integer)) or max_length <= 0:
+        raise ValueError(f"`max_length` must be a positive int; received {max_length!r}.")
+    if model.positional == "learned" and max_length > model.max_length:
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's learned position "
+            f"table (max_length={model.max_length})."
+        )
+    if method == "beam" and (not isinstance(beam_size, (int, np.integer)) or beam_size <= 0):
+        raise ValueError(f"`beam_size` must be a positive int; received {beam_size!r}.")
+    if method == "beam" and beam_size > model.target_vocabulary_size:
+        raise ValueError("`beam_size` cannot exceed the target vocabulary size.")
+    if length_penalty < 0:
+        raise ValueError(f"`length_penalty` must be >= 0; received {length_penalty}.")
+    if jit_compile not in ("auto", True, False):
+        raise ValueError(f'`jit_compile` must be "auto", True or False; received {jit_compile!r}.')
+    return ops.convert_to_tensor(source_ids, "int32"), int(max_length)
+
+
+def resolve_jit_compile(jit_compile):
+    """`"auto"`: XLA. Decoding is many small steps whose per-op overhead
+    XLA removes: benchmarks/generate.py measures it faster than TensorFlow's
+    default kernels on this CPU too (and GPU/TPU always want it)."""
+    return True if jit_compile == "auto" else bool(jit_compile)
+
+
+def generate(model, source_ids, max_length=None, method="greedy", beam_size=4,
+             length_penalty=0.6, jit_compile="auto"):
+    """See `Transformer.generate`."""
+    source_ids, max_length = _validate(
+        model, source_ids, max_length, method, beam_size, length_penalty, jit_compile
+    )
+    if not model.built:
+        model.build()
+    if method == "greedy":
+        beam_size, length_penalty = 1, 0.0
+    jit = resolve_jit_compile(jit_compile)
+
+    def search(ids):
+        if method == "greedy":
+            return greedy_search(model, ids, max_length)
+        return beam_search(model, ids, max_length, int(beam_size), float(length_penalty))
+
+    if keras.backend.backend() != "tensorflow":
+        return ops.convert_to_numpy(search(source_ids))
+    import tensorflow as tf
+
+    functions = _COMPILED.setdefault(model, {})
+    key = (method, max_length, int(beam_size), float(length_penalty), jit)
+    if key not in functions:
+        functions[key] = tf.function(search, jit_compile=jit, reduce_retracing=False)
+    return functions[key](source_ids).numpy()

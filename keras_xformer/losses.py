@@ -1,0 +1,84 @@
+"""Losses for sequence-to-sequence training with padded targets."""
+
+import keras
+from keras import ops
+from keras.src.backend import set_keras_mask
+
+_register = keras.saving.register_keras_serializable(package="keras_xformer")
+
+
+@_register
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Token cross-entropy averaged over the non-padding tokens only.
+
+    Label smoothing (Szegedy et al. 2016; the paper's `eps_ls = 0.1`)
+    spreads `label_smoothing` of the target mass uniformly over all classes,
+    as Keras' own losses do, but without building one-hot targets:
+    `loss = logsumexp(z) - (1 - eps) z_y - (eps / V) sum_v z_v`.
+
+    Args:
+        from_logits: `y_pred` are logits (the `Transformer`'s output) rather
+            than probabilities.
+        label_smoothing: in `[0, 1)`.
+        ignore_class: the padding id whose positions do not count.
+        name, reduction, dtype: as for `keras.losses.Loss` (the reduction
+            is a mean over the counted tokens).
+
+    Example:
+
+    >>> loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
+    >>> y_true = keras.ops.array([[5, 6, 0]])
+    >>> float(loss(y_true, keras.ops.zeros((1, 3, 8)))) > 0
+    True
+    """
+
+    def __init__(
+        self,
+        from_logits=True,
+        label_smoothing=0.0,
+        ignore_class=0,
+        name="masked_sparse_categorical_crossentropy",
+        reduction="mean_with_sample_weight",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(
+                "`label_smoothing` must be in [0, 1). "
+                f"Received: label_smoothing={label_smoothing}"
+            )
+        self.from_logits = from_logits
+        self.label_smoothing = label_smoothing
+        self.ignore_class = ignore_class
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        y_pred = ops.cast(y_pred, "float32")
+        if not self.from_logits:
+            y_pred = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        log_normalizer = ops.logsumexp(y_pred, axis=-1)
+        safe_labels = ops.where(y_true < 0, 0, y_true)
+        true_logit = ops.squeeze(
+            ops.take_along_axis(y_pred, ops.expand_dims(safe_labels, -1), axis=-1),
+            -1,
+        )
+        losses = log_normalizer - (1.0 - self.label_smoothing) * true_logit
+        if self.label_smoothing:
+            num_classes = ops.cast(ops.shape(y_pred)[-1], "float32")
+            losses -= self.label_smoothing * ops.sum(y_pred, axis=-1) / num_classes
+        if self.ignore_class is not None:
+            mask = ops.not_equal(y_true, self.ignore_class)
+            losses = ops.where(mask, losses, 0.0)
+            set_keras_mask(losses, mask)
+        return losses
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "from_logits": self.from_logits,
+                "label_smoothing": self.label_smoothing,
+                "ignore_class": self.ignore_class,
+            }
+        )
+        return config
