@@ -396,10 +396,14 @@ class MultiHeadAttention(keras.layers.Layer):
             if cache_update_index is None:
                 k, v = cache[:, 0], cache[:, 1]
             else:
-                start = (0, cache_update_index, 0, 0)
-                k = ops.slice_update(cache[:, 0], start, ops.cast(k, cache.dtype))
-                v = ops.slice_update(cache[:, 1], start, ops.cast(v, cache.dtype))
-                cache = ops.stack([k, v], axis=1)
+                # One in-place dynamic-update-slice of the whole cache
+                # (XLA reuses the loop buffer) rather than two updates and
+                # a re-stack, which copy the cache every step.
+                new_key_value = ops.cast(ops.stack([k, v], axis=1), cache.dtype)
+                cache = ops.slice_update(
+                    cache, (0, 0, cache_update_index, 0, 0), new_key_value
+                )
+                k, v = cache[:, 0], cache[:, 1]
                 causal_offset = cache_update_index
                 # This call's padding masks describe its own tokens, not the
                 # cache slots.

@@ -234,6 +234,25 @@ class Transformer(keras.Model):
         )
         return self.logits(y)[:, -1], self_caches
 
+    def cross_attention_weights(self, source_ids, target_ids):
+        """Cross-attention weights of every decoder block, a list of
+        `(batch, heads, target_length, source_length)` tensors (for plots)."""
+        encoder_outputs, source_mask = self.encode(source_ids)
+        target_ids = ops.convert_to_tensor(target_ids, "int32")
+        target_mask = sequence_mask_from_ids(target_ids)
+        y = self.target_embedding(target_ids)
+        weights = []
+        for block in self.decoder.blocks:
+            y, scores = block(
+                y,
+                encoder_outputs,
+                decoder_padding_mask=target_mask,
+                encoder_padding_mask=source_mask,
+                return_attention_scores=True,
+            )
+            weights.append(scores["cross_attention"])
+        return weights
+
     def call(self, inputs, training=None):
         if isinstance(inputs, dict):
             source_ids, target_ids = inputs["source_ids"], inputs["target_ids"]
