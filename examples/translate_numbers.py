@@ -1,0 +1,315 @@
+"""Train a Transformer to translate number words (English to French), then
+evaluate and export it.
+
+    python examples/translate_numbers.py                 # the default run
+    python examples/translate_numbers.py --pair en-de --epochs 4
+    python examples/translate_numbers.py --data pairs.tsv --out saved_models/mine
+
+Writes to `--out` (default `saved_models/numbers_en_fr/`): `model.keras`,
+`source_vocab.txt`, `target_vocab.txt`, `metrics.json`, `attention.png`,
+and the exports `serving/`, `translator.tflite`, `translator_int8.tflite`
+when `keras_xformer.export` is available. Killed and started again with the
+same command, it resumes from its last completed epoch.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ARTEFACTS = (
+    "model.keras",
+    "source_vocab.txt",
+    "target_vocab.txt",
+    "metrics.json",
+    "attention.png",
+    "serving",
+    "translator.tflite",
+    "translator_int8.tflite",
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", default="en-fr", choices=["en-fr", "en-de"],
+                        help="language pair of the embedded number-words corpus")
+    parser.add_argument("--data", help="train on your own TSV corpus (source<TAB>target per line)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+    parser.add_argument("--train-size", type=int, default=None, help="training pairs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3,
+                        help="peak learning rate of the warm-up schedule")
+    parser.add_argument("--vocabulary-size", type=int, default=None,
+                        help="word pieces per vocabulary (default: from the corpus size)")
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--beam", type=int, default=0,
+                        help="beam size for the evaluation (0: greedy)")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "big"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace artefacts already in --out")
+    parser.add_argument("--no-export", action="store_true",
+                        help="skip the SavedModel and TFLite exports")
+    args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs <= 0:
+        parser.error("--epochs must be positive")
+    if args.train_size is not None and args.train_size <= 0:
+        parser.error("--train-size must be positive")
+    if args.beam < 0:
+        parser.error("--beam must be >= 0")
+    if args.out is None:
+        if args.data:
+            name = os.path.splitext(os.path.basename(args.data))[0]
+            args.out = os.path.join("saved_models", name)
+        else:
+            args.out = os.path.join("saved_models", "numbers_" + args.pair.replace("-", "_"))
+    return args
+
+
+def existing_artefacts(out):
+    return [name for name in ARTEFACTS if os.path.exists(os.path.join(out, name))]
+
+
+def load_corpus(args):
+    from keras_xformer.datasets import number_words
+    from keras_xformer.datasets import parallel_text
+
+    if args.data:
+        return parallel_text.load_tsv(args.data, seed=args.seed)
+    train_size = args.train_size or 24000
+    return number_words.load_data(
+        pair=args.pair, train_size=train_size, validation_size=500,
+        test_size=1000, seed=args.seed,
+    )
+
+
+def tokenizers(work, train, vocabulary_size):
+    """Train the two vocabularies, or reload them when resuming (a resumed
+    run must see the ids its checkpoint was trained with)."""
+    from keras_xformer.text import WordPieceTokenizer
+
+    result = []
+    for name, texts in (("source_vocab.txt", train[0]), ("target_vocab.txt", train[1])):
+        path = os.path.join(work, name)
+        if os.path.exists(path):
+            tokenizer = WordPieceTokenizer.load(path)
+        else:
+            tokenizer = WordPieceTokenizer.train(texts, vocabulary_size)
+            tokenizer.save(path + ".tmp")
+            os.replace(path + ".tmp", path)
+        result.append(tokenizer)
+    return result
+
+
+def translate(model, source_tokenizer, target_tokenizer, texts, source_length,
+              max_length, beam=0, batch_size=250):
+    from keras_xformer.data import encode_source
+
+    outputs = []
+    for i in range(0, len(texts), batch_size):
+        ids = encode_source(source_tokenizer, texts[i : i + batch_size], source_length)
+        generated = model.generate(
+            ids.numpy(), max_length=max_length,
+            method="beam" if beam else "greedy", beam_size=max(beam, 1),
+        )
+        outputs += [t.decode("utf-8") for t in target_tokenizer.detokenize(generated).numpy()]
+    return outputs
+
+
+def plot_attention(model, source_tokenizer, target_tokenizer, source_text,
+                   source_length, max_length, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from keras_xformer.data import encode_source
+
+    source_ids = encode_source(source_tokenizer, [source_text], source_length).numpy()
+    generated = model.generate(source_ids, max_length=max_length)
+    target_ids = np.concatenate([[[model.start_token_id]], generated], axis=1)
+    target_ids = target_ids[:, : int((target_ids != 0).sum())]
+    weights = model.cross_attention_weights(source_ids, target_ids)[-1]
+    weights = np.asarray(weights, "float32")[0].mean(axis=0)  # mean over heads
+    source_tokens = [source_tokenizer.id_to_token(int(i)) for i in source_ids[0] if i]
+    target_tokens = [target_tokenizer.id_to_token(int(i)) for i in target_ids[0, 1:]]
+    weights = weights[: len(target_tokens), : len(source_tokens)]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(source_tokens), 1 + 0.4 * len(target_tokens)))
+    ax.imshow(weights, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right")
+    ax.set_yticks(range(len(target_tokens)), target_tokens)
+    ax.set_xlabel("source")
+    ax.set_ylabel("generated")
+    ax.set_title("Cross-attention, last decoder block (mean over heads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.out
+    found = existing_artefacts(out)
+    if found and not args.overwrite:
+        print(
+            f"{out} already holds {', '.join(found)}: nothing was changed. "
+            "Pass --overwrite to replace them, or --out for another folder.",
+            file=sys.stderr,
+        )
+        return 2
+
+    import keras
+    import numpy as np
+    import sacrebleu
+
+    from keras_xformer.data import choose_length
+    from keras_xformer.data import make_dataset
+    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
+    from keras_xformer.metrics import MaskedAccuracy
+    from keras_xformer.models import Transformer
+    from keras_xformer.schedules import TransformerSchedule
+
+    keras.utils.set_random_seed(args.seed)
+    if args.precision != "float32":
+        keras.config.set_dtype_policy(args.precision)
+    os.makedirs(out, exist_ok=True)
+    # Work in progress (vocabularies, epoch backups) lives apart from the
+    # artefacts, which are only replaced once a run has succeeded.
+    work = os.path.join(out, ".work")
+    if args.overwrite:
+        shutil.rmtree(work, ignore_errors=True)  # start afresh, no resume
+    elif os.path.isdir(os.path.join(work, "backup")):
+        print(f"Resuming the interrupted run found in {work}/")
+    os.makedirs(work, exist_ok=True)
+
+    train, validation, test = load_corpus(args)
+    print(f"Corpus: {len(train[0])} training, {len(validation[0])} validation, "
+          f"{len(test[0])} test pairs. Example: {train[0][0]!r} -> {train[1][0]!r}")
+    vocabulary_size = args.vocabulary_size or int(min(8000, max(400, len(train[0]) // 10)))
+    source_tokenizer, target_tokenizer = tokenizers(work, train, vocabulary_size)
+    source_length = choose_length(source_tokenizer, train[0], cap=256)
+    target_length = choose_length(target_tokenizer, train[1], cap=256)
+    print(f"Vocabularies: {source_tokenizer.vocabulary_size} source, "
+          f"{target_tokenizer.vocabulary_size} target word pieces; "
+          f"lengths: source {source_length}, target {target_length} tokens")
+
+    train_data = make_dataset(*train, source_tokenizer, target_tokenizer, source_length,
+                              target_length, batch_size=args.batch_size, seed=args.seed)
+    validation_data = make_dataset(*validation, source_tokenizer, target_tokenizer,
+                                   source_length, target_length,
+                                   batch_size=args.batch_size, shuffle=False)
+
+    model = Transformer.from_preset(
+        args.preset,
+        source_vocabulary_size=source_tokenizer.vocabulary_size,
+        target_vocabulary_size=target_tokenizer.vocabulary_size,
+        dropout=0.1,
+    )
+    model.build()
+    epochs = args.epochs or 8
+    steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
+    # The paper's schedule, warm-up over the first epoch (at most 4000
+    # steps), scaled so that its peak is --learning-rate: the paper's own
+    # peak (d_model**-0.5 * warmup**-0.5) is far too high for a tiny model
+    # warmed up this briefly.
+    warmup = max(50, min(4000, steps_per_epoch))
+    schedule = TransformerSchedule(
+        model.hidden_dim, warmup_steps=warmup,
+        scale=args.learning_rate * (model.hidden_dim * warmup) ** 0.5,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
+        loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+        metrics=[MaskedAccuracy()],
+        # Measured on this CPU: TensorFlow's kernels train faster than XLA
+        # (benchmarks/train.py); XLA is used for decoding.
+        jit_compile=False,
+    )
+    best_path = os.path.join(work, "best.keras")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(work, "backup")),
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_masked_accuracy",
+                                        mode="max", save_best_only=True),
+    ]
+    start = time.perf_counter()
+    model.fit(train_data, validation_data=validation_data, epochs=epochs,
+              callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
+    train_seconds = time.perf_counter() - start
+    if os.path.exists(best_path):
+        model = keras.models.load_model(best_path)
+
+    max_length = target_length
+    start = time.perf_counter()
+    hypotheses = translate(model, source_tokenizer, target_tokenizer, test[0],
+                           source_length, max_length, beam=args.beam)
+    translate_seconds = time.perf_counter() - start
+    references = test[1]
+    exact = float(np.mean([h == r for h, r in zip(hypotheses, references)]))
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    print(f"\nTest ({len(references)} pairs, {'beam %d' % args.beam if args.beam else 'greedy'}): "
+          f"BLEU {bleu:.2f}, exact match {exact:.3f}, "
+          f"{1000 * translate_seconds / len(references):.1f} ms per sentence")
+    for source, hypothesis, reference in list(zip(test[0], hypotheses, references))[:5]:
+        mark = "ok " if hypothesis == reference else "ERR"
+        print(f"  [{mark}] {source}  ->  {hypothesis}" + ("" if mark == "ok " else f"   (expected: {reference})"))
+
+    # Everything is written to a staging folder first, then moved over the
+    # previous artefacts: a run that fails leaves them as they were.
+    staging = os.path.join(out, ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    model.save(os.path.join(staging, "model.keras"))
+    source_tokenizer.save(os.path.join(staging, "source_vocab.txt"))
+    target_tokenizer.save(os.path.join(staging, "target_vocab.txt"))
+    plot_attention(model, source_tokenizer, target_tokenizer, test[0][0], source_length,
+                   max_length, os.path.join(staging, "attention.png"))
+    metrics = {
+        "bleu": bleu,
+        "exact_match": exact,
+        "train_seconds": train_seconds,
+        "epochs": epochs,
+        "train_pairs": len(train[0]),
+        "test_pairs": len(references),
+        "decoding": f"beam {args.beam}" if args.beam else "greedy",
+        "precision": args.precision,
+        "source_length": source_length,
+        "target_length": target_length,
+        "parameters": model.count_params(),
+    }
+    if not args.no_export:
+        metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
+                                  source_length, max_length, staging))
+    with open(os.path.join(staging, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    for name in os.listdir(staging):
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nWrote {', '.join(sorted(existing_artefacts(out)))} to {out}/")
+    return 0
+
+
+def export_all(model, source_tokenizer, target_tokenizer, test, source_length, max_length, folder):
+    """SavedModel and TFLite exports, with their sizes and test BLEU."""
+    try:
+        from keras_xformer import export
+    except ImportError:
+        print("keras_xformer.export is not available: skipping the exports.")
+        return {}
+    return export.export_all(model, source_tokenizer, target_tokenizer, test,
+                             source_length, max_length, folder)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

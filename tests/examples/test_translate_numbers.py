@@ -1,0 +1,60 @@
+"""The main job end to end, on a small corpus (the full default run is in
+the README and its figures in metrics.json)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "examples", "translate_numbers.py")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"}
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, cwd=ROOT)
+
+
+SMALL = ["--train-size", "300", "--batch-size", "32", "--no-export"]
+
+
+def test_main_job_writes_its_artefacts_and_refuses_to_overwrite(tmp_path):
+    out = str(tmp_path / "run")
+    result = run(*SMALL, "--epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.keras", "source_vocab.txt", "target_vocab.txt", "metrics.json",
+                 "attention.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["exact_match"] <= 1
+    assert metrics["train_seconds"] > 0
+    assert "Test (" in result.stdout and "BLEU" in result.stdout
+    before = os.path.getmtime(os.path.join(out, "model.keras"))
+    again = run(*SMALL, "--epochs", "1", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert os.path.getmtime(os.path.join(out, "model.keras")) == before
+
+
+def test_killed_run_resumes_from_its_last_epoch(tmp_path):
+    out = str(tmp_path / "resume")
+    args = [*SMALL, "--epochs", "3", "--out", out, "--pair", "en-de"]
+    process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    backup = os.path.join(out, ".work", "backup")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.isdir(backup) and os.listdir(backup)):
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(out, "model.keras"))
+    result = run(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming" in result.stdout
+    assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
+    assert json.load(open(os.path.join(out, "metrics.json")))["epochs"] == 3

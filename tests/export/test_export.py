@@ -1,0 +1,128 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_xformer.data import encode_source
+from keras_xformer.datasets import number_words
+from keras_xformer.export import export_saved_model
+from keras_xformer.export import export_tflite
+from keras_xformer.models import Transformer
+from keras_xformer.text import WordPieceTokenizer
+
+SOURCE_LENGTH, TARGET_LENGTH = 12, 10
+
+
+@pytest.fixture(scope="module")
+def translator():
+    (train, _, test) = number_words.load_data(train_size=400, validation_size=1, test_size=20)
+    source_tokenizer = WordPieceTokenizer.train(train[0], 200)
+    target_tokenizer = WordPieceTokenizer.train(train[1], 200)
+    keras.utils.set_random_seed(4)
+    model = Transformer(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
+                        num_layers=1, hidden_dim=32, num_heads=4, intermediate_dim=64,
+                        tie_output_embeddings=False, dropout=0.0)
+    model.build()
+    # Random weights would repeat one token: spread the output bias so that
+    # the generated sequences vary and some end early.
+    bias = np.random.default_rng(0).normal(0, 2.0, target_tokenizer.vocabulary_size)
+    model.output_projection.bias.assign(bias.astype("float32"))
+    return model, source_tokenizer, target_tokenizer, test[0]
+
+
+def keras_translate(model, source_tokenizer, target_tokenizer, texts):
+    ids = encode_source(source_tokenizer, texts, SOURCE_LENGTH).numpy()
+    out = model.generate(ids, max_length=TARGET_LENGTH)
+    return [t.decode() for t in target_tokenizer.detokenize(out).numpy()]
+
+
+LOADER = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # registers the tokenizer ops
+translate = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+texts = json.loads(sys.stdin.read())
+inputs = [t.encode("latin-1") if isinstance(t, str) and t.startswith("BYTES:") else t
+          for t in texts]
+inputs = [bytes.fromhex(t[6:].decode()) if isinstance(t, bytes) else t for t in inputs]
+out = translate(text=tf.constant(inputs))["translation"].numpy()
+assert "keras_xformer" not in sys.modules and "keras" not in sys.modules, sorted(sys.modules)[:5]
+print(json.dumps([t.decode("utf-8", "replace") for t in out]))
+"""
+
+
+def test_saved_model_serves_strings_without_keras_xformer(translator, tmp_path):
+    model, source_tokenizer, target_tokenizer, texts = translator
+    path = str(tmp_path / "serving")
+    export_saved_model(path, model, source_tokenizer, target_tokenizer,
+                       SOURCE_LENGTH, TARGET_LENGTH)
+    bad = ["", "x" * 10_000, "vingt-deux ñ 東京 🙂", "BYTES:" + b"\xff\xfeabc\xc3".hex()]
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, path], input=json.dumps(texts + bad),
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served[: len(texts)] == keras_translate(model, source_tokenizer, target_tokenizer, texts)
+    assert len(served) == len(texts) + len(bad)  # bad inputs still get a result
+
+    show = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    assert "serving_default" in show.stdout and "text" in show.stdout
+    assert "translation" in show.stdout
+    run = subprocess.run(
+        ["saved_model_cli", "run", "--dir", path, "--tag_set", "serve",
+         "--signature_def", "serving_default",
+         "--input_exprs", f"text={texts[:2]!r}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "translation" in run.stdout
+
+
+def run_tflite(path, source_ids):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    runner = interpreter.get_signature_runner("serving_default")
+    return np.concatenate(
+        [runner(source_ids=row[None].astype("int32"))["target_ids"] for row in source_ids]
+    )
+
+
+def test_tflite_matches_generate_and_quantizes(translator, tmp_path):
+    model, source_tokenizer, _, texts = translator
+    source_ids = encode_source(source_tokenizer, texts, SOURCE_LENGTH).numpy()
+    expected = model.generate(source_ids, max_length=TARGET_LENGTH)
+    sizes = {}
+    for quantization in (None, "dynamic_int8", "float16"):
+        path = str(tmp_path / f"model_{quantization}.tflite")
+        sizes[quantization] = export_tflite(path, model, SOURCE_LENGTH, TARGET_LENGTH,
+                                            quantization=quantization)
+        assert os.path.getsize(path) == sizes[quantization]
+        actual = run_tflite(path, source_ids)
+        assert actual.shape == expected.shape and actual.dtype == np.int32
+        if quantization is None:
+            np.testing.assert_array_equal(actual, expected)
+        else:
+            assert np.mean(actual == expected) > 0.5, quantization
+    assert sizes["dynamic_int8"] <= 0.45 * sizes[None]
+    assert sizes["float16"] < 0.75 * sizes[None]
+
+
+def test_export_rejects_bad_arguments(translator, tmp_path):
+    model, source_tokenizer, target_tokenizer, _ = translator
+    with pytest.raises(ValueError, match="quantization"):
+        export_tflite(str(tmp_path / "x.tflite"), model, 8, 8, quantization="int4")
+    with pytest.raises(ValueError, match="source_length"):
+        export_tflite(str(tmp_path / "x.tflite"), model, 0, 8)
+    with pytest.raises(ValueError, match="Transformer"):
+        export_saved_model(str(tmp_path / "s"), keras.Sequential(), source_tokenizer,
+                           target_tokenizer, 8, 8)
