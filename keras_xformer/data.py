@@ -13,7 +13,10 @@ def encode_source(tokenizer, texts, source_length):
     """Source ids `(batch, source_length)`, 0-padded, ending with [END] (kept
     on truncation). The one place that defines what the encoder sees:
     training, evaluation and the exported models all call it."""
-    return tokenizer.tokenize(texts, sequence_length=source_length, add_start_end=True)[:, 1:]
+    # Tokenized one longer with [START], which is then dropped: truncation
+    # keeps [END] and the result is exactly `source_length` wide.
+    ids = tokenizer.tokenize(texts, sequence_length=source_length + 1, add_start_end=True)
+    return ids[:, 1:]
 
 
 def encode_target(tokenizer, texts, target_length):

@@ -25,6 +25,17 @@ def _empty_self_attention_caches(model, batch, max_length):
     return [ops.zeros(shape, model.compute_dtype) for _ in range(model.num_layers)]
 
 
+def _argmax(logits):
+    """Index of the largest logit (the first one on ties)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Plain ARG_MAX: `keras.ops.argmax` adds a negative-zero fix-up with
+        # BitwiseAnd, which TFLite has no builtin for, on every step.
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return ops.cast(ops.argmax(logits, axis=-1), "int32")
+
+
 def greedy_search(model, source_ids, max_length):
     """Argmax decoding; see `Transformer.generate`. Returns `(batch,
     max_length)` int32 ids."""
@@ -37,8 +48,7 @@ def greedy_search(model, source_ids, max_length):
 
     def body(i, tokens, outputs, done, caches):
         logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
-        next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
-        next_ids = ops.where(done, 0, next_ids)
+        next_ids = ops.where(done, 0, _argmax(logits))
         outputs = ops.slice_update(outputs, (0, i), ops.expand_dims(next_ids, 1))
         # A [PAD] ends a sequence as [END] does: everything after it would
         # read as padding.

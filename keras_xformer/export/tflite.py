@@ -39,15 +39,17 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     check_export_args(model, source_length=source_length,
                       max_target_length=max_target_length)
     variables = list(model.variables)
+    weights = [v.numpy() for v in variables]
 
     @tf.function(input_signature=[
         tf.TensorSpec([1, source_length], tf.int32, name="source_ids")
     ])
     def translate(source_ids):
-        # The weights are read once, before the loop, and the loop body sees
-        # plain tensors: variables read inside a TFLite WHILE body fail
-        # conversion ("Failed to functionalize Control Flow V1 ops").
-        values = [tf.identity(v.value) for v in variables]
+        # The weights enter the graph as constants, before the loop, and the
+        # loop body sees plain tensors: variables read inside a TFLite WHILE
+        # body fail conversion ("Failed to functionalize Control Flow V1
+        # ops"), and kept as TFLite resource variables they read as zeros.
+        values = [tf.constant(w) for w in weights]
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             ids = greedy_search(model, source_ids, max_target_length)
         return {"target_ids": ids}

@@ -1,0 +1,40 @@
+import numpy as np
+
+from keras_xformer.data import choose_length
+from keras_xformer.data import encode_source
+from keras_xformer.data import encode_target
+from keras_xformer.data import make_dataset
+from keras_xformer.text import WordPieceTokenizer
+
+TEXTS = ["one two three", "four", "five six seven eight nine ten", ""]
+
+
+def tokenizer():
+    return WordPieceTokenizer.train(TEXTS * 20, 100)
+
+
+def test_encode_source_has_exact_width_and_keeps_end():
+    tok = tokenizer()
+    ids = encode_source(tok, TEXTS, 4).numpy()
+    assert ids.shape == (4, 4)
+    np.testing.assert_array_equal(ids[0, :4], [*tok.tokenize(["one two three"]).to_list()[0], 3])
+    assert ids[2, -1] == 3  # truncated, [END] kept
+    assert ids[3, 0] == 3 and (ids[3, 1:] == 0).all()
+
+
+def test_choose_length_covers_the_longest_text():
+    tok = tokenizer()
+    length = choose_length(tok, TEXTS)
+    ids = encode_source(tok, TEXTS, length).numpy()
+    assert ids[2, -1] == 3 and (ids[:, -1] != 0).sum() == 1  # longest fits exactly
+
+
+def test_dataset_is_teacher_forced():
+    tok = tokenizer()
+    data = make_dataset(TEXTS, TEXTS, tok, tok, 8, 8, batch_size=2, shuffle=False)
+    (source, target_in), target_out = next(iter(data))
+    full = encode_target(tok, TEXTS[:2], 8).numpy()
+    assert source.shape == (2, 8) and target_in.shape == (2, 8) and target_out.shape == (2, 8)
+    np.testing.assert_array_equal(target_in, full[:, :-1])
+    np.testing.assert_array_equal(target_out, full[:, 1:])
+    assert (target_in.numpy()[:, 0] == 2).all()
