@@ -172,6 +172,7 @@ def main(argv=None):
     import numpy as np
     import sacrebleu
 
+    from keras_xformer.callbacks import AtomicBackupAndRestore
     from keras_xformer.data import choose_length
     from keras_xformer.data import make_dataset
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
@@ -188,7 +189,7 @@ def main(argv=None):
     work = os.path.join(out, ".work")
     if args.overwrite:
         shutil.rmtree(work, ignore_errors=True)  # start afresh, no resume
-    elif os.path.isdir(os.path.join(work, "backup")):
+    elif os.path.exists(os.path.join(work, "backup", "training_metadata.json")):
         print(f"Resuming the interrupted run found in {work}/")
     os.makedirs(work, exist_ok=True)
 
@@ -237,7 +238,7 @@ def main(argv=None):
     )
     best_path = os.path.join(work, "best.keras")
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(work, "backup")),
+        AtomicBackupAndRestore(os.path.join(work, "backup")),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_masked_accuracy",
                                         mode="max", save_best_only=True),
     ]

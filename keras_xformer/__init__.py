@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from keras_xformer import callbacks  # noqa: F401
 from keras_xformer import layers  # noqa: F401
 from keras_xformer import losses  # noqa: F401
 from keras_xformer import metrics  # noqa: F401

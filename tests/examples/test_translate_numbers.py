@@ -45,9 +45,10 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     args = [*SMALL, "--epochs", "3", "--out", out, "--pair", "en-de"]
     process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
-    backup = os.path.join(out, ".work", "backup")
+    # The epoch counter is written last: once it exists, epoch 1 is saved.
+    backup = os.path.join(out, ".work", "backup", "training_metadata.json")
     deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.isdir(backup) and os.listdir(backup)):
+    while time.time() < deadline and not os.path.exists(backup):
         assert process.poll() is None, process.stdout.read()[-3000:]
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)

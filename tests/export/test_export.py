@@ -78,6 +78,17 @@ def test_saved_model_serves_strings_without_keras_xformer(translator, tmp_path):
     assert served[: len(texts)] == keras_translate(model, source_tokenizer, target_tokenizer, texts)
     assert len(served) == len(texts) + len(bad)  # bad inputs still get a result
 
+    # examples/translate.py: arguments, then standard input, one line each.
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "translate.py")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    by_args = subprocess.run([sys.executable, script, path, *texts[:3]], capture_output=True,
+                             text=True, timeout=300, env=env)
+    assert by_args.returncode == 0, by_args.stderr[-2000:]
+    assert by_args.stdout.splitlines() == served[:3]
+    by_stdin = subprocess.run([sys.executable, script, path], input="\n".join(texts[:2]) + "\n",
+                              capture_output=True, text=True, timeout=300, env=env)
+    assert by_stdin.stdout.splitlines() == served[:2]
+
     show = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
                           capture_output=True, text=True, timeout=300)
     assert show.returncode == 0, show.stderr[-2000:]
