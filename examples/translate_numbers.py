@@ -244,7 +244,8 @@ def main(argv=None):
     ]
     start = time.perf_counter()
     model.fit(train_data, validation_data=validation_data, epochs=epochs,
-              callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
+              callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1,
+              shuffle=False)  # the dataset reshuffles itself every epoch
     train_seconds = time.perf_counter() - start
     if os.path.exists(best_path):
         model = keras.models.load_model(best_path)

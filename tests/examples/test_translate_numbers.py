@@ -59,3 +59,22 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert "Resuming" in result.stdout
     assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
     assert json.load(open(os.path.join(out, "metrics.json")))["epochs"] == 3
+
+
+def test_trains_on_a_users_tsv_corpus_including_anki_files(tmp_path):
+    """--data: a deterministic synthetic pair (digits to words) written as an
+    Anki/Tatoeba-style file with a third attribution column."""
+    words = "zero one two three four five six seven eight nine".split()
+    lines = []
+    for n in range(400):
+        digits = " ".join(str(n))
+        lines.append(f"{digits}\t{' '.join(words[int(d)] for d in str(n))}\tCC-BY 2.0 (France) #{n}")
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = str(tmp_path / "mine")
+    result = run("--data", str(corpus), "--epochs", "1", "--batch-size", "32",
+                 "--no-export", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Corpus: 360 training, 20 validation, 20 test pairs" in result.stdout
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["train_pairs"] == 360 and metrics["test_pairs"] == 20
