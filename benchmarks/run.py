@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["attention", "generate", "export"]
+BENCHMARKS = ["attention", "generate", "export", "bucketing"]
 
 
 def run(name):
@@ -76,6 +76,16 @@ def write_results():
             "| artefact | ms | MB |",
             "| --- | --- | --- |",
         ] + [f"| {a} | {ms} | {mb} |" for a, ms, mb in export["rows"]] + [""]
+    bucketing = load("bucketing")
+    if bucketing:
+        lines += [
+            "## Length bucketing: real target tokens per second in training "
+            "(mixed-length corpus, tiny preset)",
+            "",
+            "| batching | tokens/s |",
+            "| --- | --- |",
+        ] + [f"| {k} | {v:,.0f} |" for k, v in bucketing["tokens_per_second"].items()] + [
+            f"| bucketed / padded | {bucketing['speedup']:.2f}x |", ""]
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

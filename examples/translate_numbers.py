@@ -204,8 +204,17 @@ def main(argv=None):
           f"{target_tokenizer.vocabulary_size} target word pieces; "
           f"lengths: source {source_length}, target {target_length} tokens")
 
+    # A user's corpus mixes short and long sentences: batching by length
+    # trained 3.8x more real tokens per second than padding every batch to
+    # the longest sentence (benchmarks/bucketing.py). The number words are
+    # all short, so they keep one static shape.
+    buckets = None
+    if args.data:
+        buckets = [b for b in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192) if b < target_length]
+        print(f"Batching by target length, bucket boundaries {buckets}")
     train_data = make_dataset(*train, source_tokenizer, target_tokenizer, source_length,
-                              target_length, batch_size=args.batch_size, seed=args.seed)
+                              target_length, batch_size=args.batch_size, seed=args.seed,
+                              bucket_boundaries=buckets)
     validation_data = make_dataset(*validation, source_tokenizer, target_tokenizer,
                                    source_length, target_length,
                                    batch_size=args.batch_size, shuffle=False)
