@@ -42,7 +42,15 @@ def scaled_dot_product_attention(
     query = query * ops.cast(1.0 / math.sqrt(query.shape[-1]), dtype)
     # Explicit einsum letters: an ellipsis equation computes wrong float16
     # products with TensorFlow's oneDNN CPU kernels.
-    logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
+    single_query = query.shape[1] == 1
+    if single_query:
+        # One decoding step: a broadcast multiply and a sum read the
+        # (batch, keys, heads, dim) cache once, in place; the einsum would
+        # first transpose the whole cache to heads-major, every step.
+        logits = ops.sum(query * key, axis=-1)  # (b, k, h)
+        logits = ops.expand_dims(ops.transpose(logits, (0, 2, 1)), 2)
+    else:
+        logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
     # The softmax always runs in float32: half-precision exponentials and
     # sums lose the agreement with float32 that mixed-precision users expect.
     logits = ops.cast(logits, "float32")
@@ -50,7 +58,12 @@ def scaled_dot_product_attention(
         logits = ops.where(ops.expand_dims(mask, 1), logits, _MASKED_LOGIT)
     weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
     dropped = weights if dropout is None else dropout(weights, training=training)
-    outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+    if single_query:
+        # (b, h, 1, k) weights as (b, k, h, 1) against (b, k, h, d) values.
+        per_key = ops.expand_dims(ops.transpose(dropped[:, :, 0], (0, 2, 1)), -1)
+        outputs = ops.sum(per_key * value, axis=1, keepdims=True)  # (b, 1, h, d)
+    else:
+        outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
     return outputs, weights
 
 
