@@ -155,7 +155,6 @@ class Transformer(keras.Model):
             self.output_projection = keras.layers.Dense(
                 target_vocabulary_size, dtype=self.dtype_policy, name="output_projection"
             )
-        self._generate_functions = {}
 
     @classmethod
     def from_preset(cls, preset, **overrides):
