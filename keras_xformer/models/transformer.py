@@ -5,6 +5,7 @@ import copy
 import keras
 from keras import ops
 
+from keras_xformer.distribute import MultiWorkerFitMixin
 from keras_xformer.layers import TokenAndPositionEmbedding
 from keras_xformer.layers import TransformerDecoder
 from keras_xformer.layers import TransformerEncoder
@@ -31,7 +32,7 @@ _PRESET_VOCABULARY = dict(
 
 
 @keras.saving.register_keras_serializable(package="keras_xformer")
-class Transformer(keras.Model):
+class Transformer(MultiWorkerFitMixin, keras.Model):
     """The sequence-to-sequence Transformer (Vaswani et al. 2017).
 
     `model((source_ids, target_input_ids))` returns next-token logits
