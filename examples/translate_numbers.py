@@ -10,6 +10,12 @@ Writes to `--out` (default `saved_models/numbers_en_fr/`): `model.keras`,
 and the exports `serving/`, `translator.tflite`, `translator_int8.tflite`
 when `keras_xformer.export` is available. Killed and started again with the
 same command, it resumes from its last completed epoch.
+
+On several machines (or processes), start the same command on each with its
+`TF_CONFIG` (see the README, "Training on several machines"): they train one
+model with `MultiWorkerMirroredStrategy`, `--batch-size` being the global
+batch; only the chief writes to `--out`, the other workers keep their files
+in a temporary folder. With more than one GPU, `MirroredStrategy` is used.
 """
 
 import argparse
@@ -17,7 +23,9 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+import zlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -41,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="train on your own TSV corpus (source<TAB>target per line)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs")
     parser.add_argument("--train-size", type=int, default=None, help="training pairs")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="global batch size (split over devices and workers)")
     parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="peak learning rate of the warm-up schedule")
     parser.add_argument("--vocabulary-size", type=int, default=None,
@@ -156,48 +165,106 @@ def plot_attention(model, source_tokenizer, target_tokenizer, source_text,
     plt.close(fig)
 
 
+def refuse_to_overwrite(out, found):
+    print(
+        f"{out} already holds {', '.join(found)}: nothing was changed. "
+        "Pass --overwrite to replace them, or --out for another folder.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def vocabulary_fingerprint(work):
+    """crc32 of both vocabulary files: every worker must train with the same ids."""
+    fingerprint = []
+    for name in ("source_vocab.txt", "target_vocab.txt"):
+        with open(os.path.join(work, name), "rb") as f:
+            fingerprint.append(zlib.crc32(f.read()))
+    return fingerprint
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = args.out
-    found = existing_artefacts(out)
-    if found and not args.overwrite:
-        print(
-            f"{out} already holds {', '.join(found)}: nothing was changed. "
-            "Pass --overwrite to replace them, or --out for another folder.",
-            file=sys.stderr,
-        )
-        return 2
+    multi_worker = bool(os.environ.get("TF_CONFIG"))
+    if not multi_worker and existing_artefacts(out) and not args.overwrite:
+        return refuse_to_overwrite(out, existing_artefacts(out))  # before loading TensorFlow
 
+    from keras_xformer import distribute
+
+    # Before any other TensorFlow work (collectives are set up at start-up).
+    # With TF_CONFIG this waits until every worker has started.
+    strategy = distribute.strategy_from_environment()
+    chief = distribute.is_chief(strategy)
+    if multi_worker:
+        # Only the chief looks at --out; the workers follow its decision.
+        found = existing_artefacts(out) if chief else []
+        if distribute.broadcast_from_chief(strategy, int(bool(found and not args.overwrite))):
+            if chief:
+                return refuse_to_overwrite(out, found)
+            print("The chief refused to overwrite its artefacts: stopping.", file=sys.stderr)
+            return 2
+    if strategy.num_replicas_in_sync > 1:
+        if multi_worker:
+            resolver = strategy.cluster_resolver
+            name = (f"MultiWorkerMirroredStrategy, task {resolver.task_type} "
+                    f"{resolver.task_id}{' (chief)' if chief else ''}")
+        else:
+            name = type(strategy).__name__
+        print(f"Training on {strategy.num_replicas_in_sync} replicas with {name}")
+
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    if args.precision != "float32":
+        keras.config.set_dtype_policy(args.precision)
+    # Work in progress (vocabularies, epoch backups) lives apart from the
+    # artefacts, which are only replaced once a run has succeeded. Workers
+    # other than the chief write nothing to --out: their vocabularies and
+    # checkpoints go to a temporary folder, and they resume from the
+    # chief's backup.
+    chief_work = os.path.join(out, ".work")
+    backup = os.path.join(chief_work, "backup")
+    if chief:
+        work = chief_work
+        os.makedirs(out, exist_ok=True)
+        if args.overwrite:
+            shutil.rmtree(work, ignore_errors=True)  # start afresh, no resume
+        os.makedirs(work, exist_ok=True)
+    else:
+        work = tempfile.mkdtemp(prefix="translate_numbers_workertemp_")
+    try:
+        return train_evaluate_export(args, strategy, chief, work, backup)
+    finally:
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def train_evaluate_export(args, strategy, chief, work, backup):
     import keras
     import numpy as np
     import sacrebleu
+    import tensorflow as tf
 
-    from keras_xformer.callbacks import AtomicBackupAndRestore
     from keras_xformer.data import choose_length
     from keras_xformer.data import make_dataset
+    from keras_xformer.distribute import MultiWorkerBackupAndRestore
+    from keras_xformer.distribute import assert_same_on_all_workers
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
     from keras_xformer.metrics import MaskedAccuracy
     from keras_xformer.models import Transformer
     from keras_xformer.schedules import TransformerSchedule
 
-    keras.utils.set_random_seed(args.seed)
-    if args.precision != "float32":
-        keras.config.set_dtype_policy(args.precision)
-    os.makedirs(out, exist_ok=True)
-    # Work in progress (vocabularies, epoch backups) lives apart from the
-    # artefacts, which are only replaced once a run has succeeded.
-    work = os.path.join(out, ".work")
-    if args.overwrite:
-        shutil.rmtree(work, ignore_errors=True)  # start afresh, no resume
-    elif os.path.exists(os.path.join(work, "backup", "training_metadata.json")):
-        print(f"Resuming the interrupted run found in {work}/")
-    os.makedirs(work, exist_ok=True)
+    out = args.out
+    if not args.overwrite and os.path.exists(os.path.join(backup, "training_metadata.json")):
+        print(f"Resuming the interrupted run found in {backup}/")
 
     train, validation, test = load_corpus(args)
     print(f"Corpus: {len(train[0])} training, {len(validation[0])} validation, "
           f"{len(test[0])} test pairs. Example: {train[0][0]!r} -> {train[1][0]!r}")
     vocabulary_size = args.vocabulary_size or int(min(8000, max(400, len(train[0]) // 10)))
     source_tokenizer, target_tokenizer = tokenizers(work, train, vocabulary_size)
+    assert_same_on_all_workers(strategy, vocabulary_fingerprint(work), "the vocabularies")
     source_length = choose_length(source_tokenizer, train[0], cap=256)
     target_length = choose_length(target_tokenizer, train[1], cap=256)
     print(f"Vocabularies: {source_tokenizer.vocabulary_size} source, "
@@ -218,14 +285,21 @@ def main(argv=None):
     validation_data = make_dataset(*validation, source_tokenizer, target_tokenizer,
                                    source_length, target_length,
                                    batch_size=args.batch_size, shuffle=False)
+    # Every worker reads the same (identically shuffled) pipeline and keeps
+    # its share of each global batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_data = train_data.with_options(options)
+    validation_data = validation_data.with_options(options)
 
-    model = Transformer.from_preset(
-        args.preset,
-        source_vocabulary_size=source_tokenizer.vocabulary_size,
-        target_vocabulary_size=target_tokenizer.vocabulary_size,
-        dropout=0.1,
-    )
-    model.build()
+    with strategy.scope():
+        model = Transformer.from_preset(
+            args.preset,
+            source_vocabulary_size=source_tokenizer.vocabulary_size,
+            target_vocabulary_size=target_tokenizer.vocabulary_size,
+            dropout=0.1,
+        )
+        model.build()
     epochs = args.epochs or 5
     steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
     # The paper's schedule, warm-up over the first epoch (at most 4000
@@ -237,25 +311,31 @@ def main(argv=None):
         model.hidden_dim, warmup_steps=warmup,
         scale=args.learning_rate * (model.hidden_dim * warmup) ** 0.5,
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
-        loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
-        metrics=[MaskedAccuracy()],
-        # Measured on this CPU: TensorFlow's kernels train faster than XLA
-        # (benchmarks/train.py); XLA is used for decoding.
-        jit_compile=False,
-    )
+    with strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
+            loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+            metrics=[MaskedAccuracy()],
+            # Measured on this CPU: TensorFlow's kernels train faster than
+            # XLA (benchmarks/train.py); XLA is used for decoding. (XLA
+            # around a multi-device step fails in TensorFlow anyway.)
+            jit_compile=False,
+        )
     best_path = os.path.join(work, "best.keras")
     callbacks = [
-        AtomicBackupAndRestore(os.path.join(work, "backup")),
+        # The chief writes the backup, other workers restore from it too.
+        MultiWorkerBackupAndRestore(backup),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_masked_accuracy",
                                         mode="max", save_best_only=True),
     ]
     start = time.perf_counter()
-    model.fit(train_data, validation_data=validation_data, epochs=epochs,
-              callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1,
-              shuffle=False)  # the dataset reshuffles itself every epoch
+    history = model.fit(train_data, validation_data=validation_data, epochs=epochs,
+                        callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1,
+                        shuffle=False)  # the dataset reshuffles itself every epoch
     train_seconds = time.perf_counter() - start
+    if not chief:
+        print("Training done; the chief evaluates and writes the artefacts.")
+        return 0
     if os.path.exists(best_path):
         model = keras.models.load_model(best_path)
 
@@ -293,6 +373,10 @@ def main(argv=None):
         "test_pairs": len(references),
         "decoding": f"beam {args.beam}" if args.beam else "greedy",
         "precision": args.precision,
+        "replicas": strategy.num_replicas_in_sync,
+        # Per epoch, the epochs this run trained (a resumed run: the rest).
+        "history": {name: [float(v) for v in values]
+                    for name, values in history.history.items()},
         "source_length": source_length,
         "target_length": target_length,
         "parameters": model.count_params(),

@@ -11,7 +11,8 @@
 - `MultiWorkerBackupAndRestore`: `AtomicBackupAndRestore` with the
   multi-worker conventions (the chief writes the backup, every worker
   restores from it, and all must resume at the same epoch).
-- `is_chief`, `in_multi_worker_mode`, `assert_same_on_all_workers`.
+- `is_chief`, `in_multi_worker_mode`, `broadcast_from_chief`,
+  `assert_same_on_all_workers`.
 
 Why `MultiWorkerFitMixin` exists (keras-team/keras#20585, open for Keras
 3.15.1 with TensorFlow 2.21): with several workers, `model.fit` fails in
@@ -121,26 +122,40 @@ def is_chief(strategy=None):
     return bool(strategy.extended.should_checkpoint)
 
 
-def assert_same_on_all_workers(strategy, value, what):
-    """Raises a `ValueError` on every worker unless all workers pass the same
-    `value` (an int or a list of ints: epochs, vocabulary fingerprints).
-
-    A collective: every worker must call it, in the same order.
-    """
+def _gather_from_workers(strategy, value):
+    """Every replica's copy of `value` (ints), one row per replica in
+    replica order (the chief's first). A collective."""
     import numpy as np
     import tensorflow as tf
 
     local = np.atleast_1d(np.asarray(value, "int64"))
-    if not in_multi_worker_mode(strategy):
-        return
     per_replica = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(local[None])
     )
-    gathered = strategy.gather(per_replica, axis=0).numpy()
+    return strategy.gather(per_replica, axis=0).numpy()
+
+
+def broadcast_from_chief(strategy, value):
+    """The chief's `value` (an int), on every worker; `value` itself outside
+    multi-worker training. A collective: every worker must call it, in the
+    same order."""
+    if not in_multi_worker_mode(strategy):
+        return value
+    return int(_gather_from_workers(strategy, value)[0, 0])
+
+
+def assert_same_on_all_workers(strategy, value, what):
+    """Raises a `ValueError` on every worker unless all workers pass the same
+    `value` (an int or a list of ints: epochs, vocabulary fingerprints).
+    A collective, like `broadcast_from_chief`; no-op outside multi-worker
+    training."""
+    if not in_multi_worker_mode(strategy):
+        return
+    gathered = _gather_from_workers(strategy, value)
     if not (gathered == gathered[:1]).all():
         raise ValueError(
             f"The workers disagree on {what}: {gathered.tolist()} "
-            "(one row per replica, in worker order)."
+            "(one row per replica, the chief's first)."
         )
 
 
@@ -187,7 +202,21 @@ if keras.backend.backend() == "tensorflow":
         Outside multi-worker training it changes nothing. A subclass that
         overrides `train_step` / `test_step` returns its logs through
         `super()` or adds the leading axis itself.
+
+        Raises:
+            ValueError: at class creation, when the mixin comes after
+                `keras.Model` in the bases (its overrides would be shadowed).
         """
+
+        def __init_subclass__(cls, **kwargs):
+            super().__init_subclass__(**kwargs)
+            mro = cls.__mro__
+            if keras.Model in mro and mro.index(keras.Model) < mro.index(MultiWorkerFitMixin):
+                raise ValueError(
+                    f"{cls.__name__}: put MultiWorkerFitMixin before keras.Model in the "
+                    f"bases, e.g. `class {cls.__name__}(MultiWorkerFitMixin, keras.Model)`; "
+                    "after it, Keras' own methods would shadow the fix."
+                )
 
         if _keras_symbolic_build_is_known():
 
@@ -279,6 +308,7 @@ __all__ = [
     "MultiWorkerBackupAndRestore",
     "MultiWorkerFitMixin",
     "assert_same_on_all_workers",
+    "broadcast_from_chief",
     "in_multi_worker_mode",
     "is_chief",
     "strategy_from_environment",

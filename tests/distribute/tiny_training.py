@@ -163,6 +163,56 @@ def worker():
     reference.set_weights(initial)
     compile_model(reference)
     result["single"] = step_losses(reference, evaluate=True)
+    result["backups"] = backups(strategy, model)
+    return result
+
+
+def backups(strategy, trained):
+    """`MultiWorkerBackupAndRestore`: every worker resumes from the chief's
+    backup; workers that would resume from different epochs stop with a
+    ValueError."""
+    import glob
+    import tempfile
+
+    from keras_xformer.distribute import MultiWorkerBackupAndRestore
+    from keras_xformer.distribute import is_chief
+
+    shared = os.environ["TINY_TRAINING_SHARED_DIR"]
+    chief_backup = os.path.join(shared, "backup")
+    # This task's own temporary folder (the other task's come and go).
+    tempfile.tempdir = os.path.join(shared, f"tmp_{strategy.cluster_resolver.task_id}")
+    os.makedirs(tempfile.tempdir)
+    if is_chief(strategy):  # an interrupted run's backup: epoch 2 of 3 done
+        os.makedirs(chief_backup)
+        trained.save_weights(os.path.join(chief_backup, "latest.weights.h5"))
+        with open(os.path.join(chief_backup, "training_metadata.json"), "w") as f:
+            json.dump({"epoch": 2, "batch": 0}, f)
+    # (The chief has written it before the collectives inside `fit` below.)
+    result = {}
+
+    def fit(backup_dir):
+        with strategy.scope():
+            model = make_model()
+            compile_model(model)
+        history = model.fit(dataset(), epochs=EPOCHS, verbose=0,
+                            callbacks=[MultiWorkerBackupAndRestore(backup_dir)])
+        return model, history
+
+    # A worker that cannot see the chief's backup would start from epoch 0.
+    try:
+        fit(chief_backup if is_chief(strategy) else os.path.join(shared, "elsewhere"))
+        result["disagreement"] = None
+    except ValueError as e:
+        result["disagreement"] = str(e)
+
+    temporary = set(glob.glob(os.path.join(tempfile.gettempdir(), "workertemp_*")))
+    model, history = fit(chief_backup)
+    result["resumed_epochs"] = len(history.history["loss"])
+    result["resumed_loss"] = history.history["loss"]
+    result["restored_weights_sum"] = float(sum(np.abs(w).sum() for w in model.get_weights()))
+    result["backup_left"] = os.path.exists(chief_backup)
+    result["worker_temporaries_left"] = sorted(
+        set(glob.glob(os.path.join(tempfile.gettempdir(), "workertemp_*"))) - temporary)
     return result
 
 

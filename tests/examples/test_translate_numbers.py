@@ -1,14 +1,21 @@
 """The main job end to end, on a small corpus (the full default run is in
-the README and its figures in metrics.json)."""
+the README and its figures in metrics.json). Each run also covers one
+precision or strategy: float32 (resume), mixed_bfloat16 (artefacts),
+mixed_float16 (user corpus), two workers (MultiWorkerMirroredStrategy)."""
 
+import glob
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
+
+from tests.distribute.cluster import run_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "translate_numbers.py")
@@ -23,9 +30,19 @@ def run(*args, timeout=600):
 SMALL = ["--train-size", "300", "--batch-size", "32", "--no-export"]
 
 
-def test_main_job_writes_its_artefacts_and_refuses_to_overwrite(tmp_path):
+def assert_finite_history(metrics, epochs):
+    """metrics.json's per-epoch training and validation figures: one per
+    epoch, all finite (a NaN or an inf under mixed precision shows here)."""
+    history = metrics["history"]
+    assert set(history) == {"loss", "masked_accuracy", "val_loss", "val_masked_accuracy"}
+    for name, values in history.items():
+        assert len(values) == epochs and all(math.isfinite(v) for v in values), (name, values)
+    assert 0 < history["loss"][-1] < 10
+
+
+def test_main_job_writes_its_artefacts_and_refuses_to_overwrite_mixed_bfloat16(tmp_path):
     out = str(tmp_path / "run")
-    result = run(*SMALL, "--epochs", "1", "--out", out)
+    result = run(*SMALL, "--epochs", "1", "--out", out, "--precision", "mixed_bfloat16")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("model.keras", "source_vocab.txt", "target_vocab.txt", "metrics.json",
                  "attention.png"):
@@ -33,6 +50,8 @@ def test_main_job_writes_its_artefacts_and_refuses_to_overwrite(tmp_path):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["exact_match"] <= 1
     assert metrics["train_seconds"] > 0
+    assert metrics["precision"] == "mixed_bfloat16" and metrics["replicas"] == 1
+    assert_finite_history(metrics, epochs=1)
     assert "Test (" in result.stdout and "BLEU" in result.stdout
     before = os.path.getmtime(os.path.join(out, "model.keras"))
     again = run(*SMALL, "--epochs", "1", "--out", out)
@@ -61,9 +80,10 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert json.load(open(os.path.join(out, "metrics.json")))["epochs"] == 3
 
 
-def test_trains_on_a_users_tsv_corpus_including_anki_files(tmp_path):
+def test_trains_on_a_users_tsv_corpus_including_anki_files_mixed_float16(tmp_path):
     """--data: a deterministic synthetic pair (digits to words) written as an
-    Anki/Tatoeba-style file with a third attribution column."""
+    Anki/Tatoeba-style file with a third attribution column; trained under
+    mixed_float16 (loss scaling, float16 activations)."""
     words = "zero one two three four five six seven eight nine".split()
     lines = []
     for n in range(400):
@@ -73,8 +93,41 @@ def test_trains_on_a_users_tsv_corpus_including_anki_files(tmp_path):
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = str(tmp_path / "mine")
     result = run("--data", str(corpus), "--epochs", "1", "--batch-size", "32",
-                 "--no-export", "--out", out)
+                 "--no-export", "--out", out, "--precision", "mixed_float16")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Corpus: 360 training, 20 validation, 20 test pairs" in result.stdout
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["train_pairs"] == 360 and metrics["test_pairs"] == 20
+    assert metrics["precision"] == "mixed_float16"
+    assert_finite_history(metrics, epochs=1)
+
+
+def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
+    """TF_CONFIG: two processes on 127.0.0.1 train one model with
+    MultiWorkerMirroredStrategy (global batch 32, 16 per worker). The chief
+    evaluates and writes the artefacts; the other worker's files live in a
+    temporary folder that is gone afterwards."""
+    out = str(tmp_path / "cluster")
+    pattern = os.path.join(tempfile.gettempdir(), "translate_numbers_workertemp_*")
+    temporaries = set(glob.glob(pattern))
+    (chief_rc, chief), (worker_rc, worker) = run_workers(
+        [SCRIPT, *SMALL, "--epochs", "1", "--out", out], env={"CI": "1"}, timeout=600)
+    assert chief_rc == 0, chief[-3000:]
+    assert worker_rc == 0, worker[-3000:]
+    assert "Training on 2 replicas with MultiWorkerMirroredStrategy, task worker 0 (chief)" in chief
+    assert "Training on 2 replicas with MultiWorkerMirroredStrategy, task worker 1\n" in worker
+    assert "Test (" in chief and "Wrote " in chief
+    assert "Test (" not in worker and "Training done; the chief evaluates" in worker
+
+    def epoch_line(output):  # "10/10 - 17s - 2s/step - loss: ..." -> "loss: ..."
+        lines = [line for line in output.splitlines() if " - loss: " in line]
+        assert len(lines) == 1, output[-3000:]
+        return lines[0][lines[0].index("loss: "):]
+
+    assert epoch_line(chief) == epoch_line(worker)  # one model, all-reduced figures
+    assert sorted(os.listdir(out)) == ["attention.png", "metrics.json", "model.keras",
+                                       "source_vocab.txt", "target_vocab.txt"]
+    assert set(glob.glob(pattern)) == temporaries
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["replicas"] == 2 and metrics["train_pairs"] == 300
+    assert_finite_history(metrics, epochs=1)
