@@ -204,6 +204,12 @@ def main(argv=None):
                 return refuse_to_overwrite(out, found)
             print("The chief refused to overwrite its artefacts: stopping.", file=sys.stderr)
             return 2
+        # Workers started with other arguments would not train one model.
+        # (--out and --data may be mounted elsewhere on other machines; the
+        # vocabularies are compared later.)
+        same = {k: v for k, v in sorted(vars(args).items()) if k not in ("out", "data")}
+        distribute.assert_same_on_all_workers(
+            strategy, zlib.crc32(json.dumps(same).encode()), "the command-line arguments")
     if strategy.num_replicas_in_sync > 1:
         if multi_worker:
             resolver = strategy.cluster_resolver

@@ -179,8 +179,10 @@ def _with_replica_axis(outputs):
 
 
 def _keras_symbolic_build_is_known():
-    """The private hook the mixin overrides still has the signature it was
-    written against (Keras 3.5 to 3.15): otherwise leave Keras alone."""
+    """Keras' private hook still has the signature the override was written
+    against (Keras 3.15.1): otherwise leave Keras alone (and the test of the
+    upstream failure, tests/distribute/test_multi_worker.py, says whether
+    the override is still needed)."""
     try:
         from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
     except ImportError:
