@@ -159,22 +159,24 @@ def worker():
     initial = model.get_weights()
     result["distributed"] = step_losses(model, evaluate=True)
     result["final_weights_sum"] = float(sum(np.abs(w).sum() for w in model.get_weights()))
-    reference = make_model()
-    reference.set_weights(initial)
-    compile_model(reference)
-    result["single"] = step_losses(reference, evaluate=True)
-    result["backups"] = backups(strategy, model)
+    if is_chief(strategy):  # the reference, once
+        reference = make_model()
+        reference.set_weights(initial)
+        compile_model(reference)
+        result["single"] = step_losses(reference, evaluate=True)
+    result["backups"] = backups(strategy, model, initial)
     return result
 
 
-def backups(strategy, trained):
-    """`MultiWorkerBackupAndRestore`: every worker resumes from the chief's
-    backup; workers that would resume from different epochs stop with a
-    ValueError."""
+def backups(strategy, model, initial):
+    """`MultiWorkerBackupAndRestore` on the trained `model`: every worker
+    resumes from the chief's backup; workers that would resume from
+    different epochs stop with a ValueError."""
     import glob
     import tempfile
 
     from keras_xformer.distribute import MultiWorkerBackupAndRestore
+    from keras_xformer.distribute import broadcast_from_chief
     from keras_xformer.distribute import is_chief
 
     shared = os.environ["TINY_TRAINING_SHARED_DIR"]
@@ -184,19 +186,16 @@ def backups(strategy, trained):
     os.makedirs(tempfile.tempdir)
     if is_chief(strategy):  # an interrupted run's backup: epoch 2 of 3 done
         os.makedirs(chief_backup)
-        trained.save_weights(os.path.join(chief_backup, "latest.weights.h5"))
+        model.save_weights(os.path.join(chief_backup, "latest.weights.h5"))
         with open(os.path.join(chief_backup, "training_metadata.json"), "w") as f:
             json.dump({"epoch": 2, "batch": 0}, f)
-    # (The chief has written it before the collectives inside `fit` below.)
+    broadcast_from_chief(strategy, 0)  # a barrier: written before anyone reads it
     result = {}
 
     def fit(backup_dir):
-        with strategy.scope():
-            model = make_model()
-            compile_model(model)
-        history = model.fit(dataset(), epochs=EPOCHS, verbose=0,
-                            callbacks=[MultiWorkerBackupAndRestore(backup_dir)])
-        return model, history
+        model.set_weights(initial)  # only the restore brings the trained weights back
+        return model.fit(dataset(), epochs=EPOCHS, verbose=0,
+                         callbacks=[MultiWorkerBackupAndRestore(backup_dir)])
 
     # A worker that cannot see the chief's backup would start from epoch 0.
     try:
@@ -206,7 +205,7 @@ def backups(strategy, trained):
         result["disagreement"] = str(e)
 
     temporary = set(glob.glob(os.path.join(tempfile.gettempdir(), "workertemp_*")))
-    model, history = fit(chief_backup)
+    history = fit(chief_backup)
     result["resumed_epochs"] = len(history.history["loss"])
     result["resumed_loss"] = history.history["loss"]
     result["restored_weights_sum"] = float(sum(np.abs(w).sum() for w in model.get_weights()))
