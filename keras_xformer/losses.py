@@ -56,16 +56,8 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         y_pred = ops.cast(y_pred, "float32")
         if not self.from_logits:
             y_pred = ops.log(ops.clip(y_pred, 1e-7, 1.0))
-        log_normalizer = ops.logsumexp(y_pred, axis=-1)
         safe_labels = ops.where(y_true < 0, 0, y_true)
-        true_logit = ops.squeeze(
-            ops.take_along_axis(y_pred, ops.expand_dims(safe_labels, -1), axis=-1),
-            -1,
-        )
-        losses = log_normalizer - (1.0 - self.label_smoothing) * true_logit
-        if self.label_smoothing:
-            num_classes = ops.cast(ops.shape(y_pred)[-1], "float32")
-            losses -= self.label_smoothing * ops.sum(y_pred, axis=-1) / num_classes
+        losses = _smoothed_cross_entropy(y_pred, safe_labels, self.label_smoothing)
         if self.ignore_class is not None:
             mask = ops.not_equal(y_true, self.ignore_class)
             losses = ops.where(mask, losses, 0.0)
@@ -82,3 +74,39 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             }
         )
         return config
+
+
+def _smoothed_cross_entropy(logits, labels, smoothing):
+    """Per-token `logsumexp(z) - (1 - eps) z_y - eps mean(z)`, with its
+    gradient `softmax(z) - (1 - eps) onehot(y) - eps / V` written by hand.
+
+    Left to automatic differentiation, the gather of `z_y` back-propagates
+    as a scatter into a zero tensor of the logits' size and each reduction
+    as a broadcast: on the (tokens, vocabulary) logits, the largest tensor
+    of a training step, that made the loss cost more than the output
+    layer's matmul (benchmarks/train.py, lever `autodiff_loss`).
+    """
+    vocabulary_size = ops.shape(logits)[-1]
+
+    @ops.custom_gradient
+    def cross_entropy(logits):
+        peak = ops.max(logits, axis=-1, keepdims=True)
+        exps = ops.exp(logits - peak)
+        total = ops.sum(exps, axis=-1, keepdims=True)
+        true_logit = ops.take_along_axis(logits, ops.expand_dims(labels, -1), axis=-1)
+        losses = ops.log(total) + peak - (1.0 - smoothing) * true_logit
+        if smoothing:
+            losses -= smoothing * ops.mean(logits, axis=-1, keepdims=True)
+
+        def grad(*args, upstream=None):
+            upstream = ops.expand_dims(args[0] if args else upstream, -1)
+            gradient = exps * (upstream / total)
+            if smoothing:
+                gradient -= upstream * (smoothing / ops.cast(vocabulary_size, "float32"))
+            return gradient - ops.one_hot(labels, vocabulary_size) * (
+                (1.0 - smoothing) * upstream
+            )
+
+        return ops.squeeze(losses, -1), grad
+
+    return cross_entropy(logits)

@@ -32,6 +32,33 @@ class TestLoss:
                 float(loss(y, logits)), reference_loss(y, logits, smoothing), rtol=1e-5
             )
 
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    def test_hand_written_gradient_equals_automatic_one(self, jit_compile):
+        import tensorflow as tf
+
+        logits = tf.constant(3 * RNG.standard_normal((3, 5, 11)).astype("float32"))
+        y = RNG.integers(1, 11, (3, 5))
+        y[1, 2:] = 0
+        for smoothing in (0.0, 0.1):
+            loss = MaskedSparseCategoricalCrossentropy(label_smoothing=smoothing)
+
+            @tf.function(jit_compile=jit_compile)
+            def gradients(logits):
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch(logits)
+                    ours = loss(y, logits)
+                    one_hot = tf.one_hot(y, 11)
+                    per_token = keras.losses.categorical_crossentropy(
+                        one_hot, logits, from_logits=True, label_smoothing=smoothing
+                    )
+                    mask = tf.cast(y != 0, "float32")
+                    reference = tf.reduce_sum(per_token * mask) / tf.reduce_sum(mask)
+                return tape.gradient(ours, logits), tape.gradient(reference, logits)
+
+            ours, reference = gradients(logits)
+            np.testing.assert_allclose(ours, reference, atol=1e-6)
+            assert np.all(np.asarray(ours)[1, 2:] == 0.0)  # padding: no gradient
+
     def test_padding_does_not_count_and_all_padding_is_zero(self):
         loss = MaskedSparseCategoricalCrossentropy()
         logits = RNG.standard_normal((1, 4, 6)).astype("float32")
