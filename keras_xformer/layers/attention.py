@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers._masking import merge_attention_masks
 
@@ -51,13 +52,7 @@ def scaled_dot_product_attention(
         logits = ops.expand_dims(ops.transpose(logits, (0, 2, 1)), 2)
     else:
         logits = ops.einsum("bqhd,bkhd->bhqk", query, key)
-    # The softmax always runs in float32: half-precision exponentials and
-    # sums lose the agreement with float32 that mixed-precision users expect.
-    logits = ops.cast(logits, "float32")
-    if mask is not None:
-        logits = ops.where(ops.expand_dims(mask, 1), logits, _MASKED_LOGIT)
-    weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
-    dropped = weights if dropout is None else dropout(weights, training=training)
+    weights, dropped = _attention_weights(logits, mask, dtype, dropout, training)
     if single_query:
         # (b, h, 1, k) weights as (b, k, h, 1) against (b, k, h, d) values.
         per_key = ops.expand_dims(ops.transpose(dropped[:, :, 0], (0, 2, 1)), -1)
@@ -65,6 +60,19 @@ def scaled_dot_product_attention(
     else:
         outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
     return outputs, weights
+
+
+def _attention_weights(logits, mask, dtype, dropout, training):
+    """Softmax of `(batch, heads, Tq, Tk)` logits over the unmasked keys:
+    `(weights, weights after dropout)` in `dtype`."""
+    # The softmax always runs in float32: half-precision exponentials and
+    # sums lose the agreement with float32 that mixed-precision users expect.
+    logits = ops.cast(logits, "float32")
+    if mask is not None:
+        logits = ops.where(ops.expand_dims(mask, 1), logits, _MASKED_LOGIT)
+    weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
+    dropped = weights if dropout is None else dropout(weights, training=training)
+    return weights, dropped
 
 
 def _project(inputs, kernel, bias):
@@ -204,7 +212,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.seed = seed
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = Dropout(
             dropout, seed=seed, dtype=self.dtype_policy
         )
         self.supports_masking = True
@@ -321,16 +329,13 @@ class MultiHeadAttention(keras.layers.Layer):
                 [ops.reshape(b, (-1,)) for b in biases], axis=-1
             )
         shape = ops.shape(inputs)
-        parts, start = [], 0
-        for kernel, size in zip(kernels, sizes):
-            part = outputs[:, start : start + size]
-            parts.append(
-                ops.reshape(
-                    part, (shape[0], shape[1], self.num_heads, kernel.shape[-1])
-                )
-            )
-            start += size
-        return parts
+        # One split, whose gradient is one concatenation (slices would each
+        # back-propagate as a zero-padded copy of the whole output).
+        split_points = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        return [
+            ops.reshape(part, (shape[0], shape[1], self.num_heads, kernel.shape[-1]))
+            for part, kernel in zip(ops.split(outputs, split_points, axis=-1), kernels)
+        ]
 
     def compute_cache(self, value, key=None):
         """The `(batch, 2, T, heads, key_dim)` key/value cache of `value`.
