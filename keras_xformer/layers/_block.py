@@ -4,6 +4,7 @@ residual sublayer connection, configs."""
 import keras
 from keras.src.backend import compute_output_spec as _trace_output_spec
 
+from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers.attention import MultiHeadAttention
 from keras_xformer.layers.feed_forward import PositionwiseFeedForward
@@ -87,7 +88,7 @@ class BlockBase(keras.layers.Layer):
         )
 
     def _dropout(self):
-        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        return Dropout(self.dropout, dtype=self.dtype_policy)
 
     def _residual(self, x, norm, dropout, sublayer, training):
         """`LayerNorm(x + Sublayer(x))` (post-LN, the paper's 5.4), or

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_xformer.layers._dropout import Dropout
+
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
 
@@ -57,7 +59,7 @@ class PositionwiseFeedForward(keras.layers.Layer):
             **common,
         )
         self.inner_dense.build(input_shape)
-        self.inner_dropout = keras.layers.Dropout(
+        self.inner_dropout = Dropout(
             self.dropout, dtype=self.dtype_policy
         )
         self.output_dense = keras.layers.Dense(

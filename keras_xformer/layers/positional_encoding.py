@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._masking import sequence_mask_from_ids
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
@@ -276,7 +277,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_encoding = SinusoidalPositionalEncoding(
                 dtype=self.dtype_policy, name="position_encoding"
             )
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = Dropout(
             dropout, dtype=self.dtype_policy
         )
         self.supports_masking = mask_zero
