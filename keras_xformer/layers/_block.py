@@ -4,6 +4,8 @@ residual sublayer connection, configs."""
 import keras
 from keras.src.backend import compute_output_spec as _trace_output_spec
 
+from keras_xformer.layers._checks import check_positive_int
+from keras_xformer.layers._checks import check_rate
 from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers.attention import MultiHeadAttention
@@ -38,20 +40,9 @@ class BlockBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                "`num_heads` must be a positive int. "
-                f"Received: num_heads={num_heads}"
-            )
-        if not isinstance(intermediate_dim, int) or intermediate_dim <= 0:
-            raise ValueError(
-                "`intermediate_dim` must be a positive int. "
-                f"Received: intermediate_dim={intermediate_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("intermediate_dim", intermediate_dim)
+        check_rate("dropout", dropout)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
@@ -148,11 +139,7 @@ class StackBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(num_layers, int) or num_layers <= 0:
-            raise ValueError(
-                "`num_layers` must be a positive int. "
-                f"Received: num_layers={num_layers}"
-            )
+        check_positive_int("num_layers", num_layers)
         self.num_layers = num_layers
         self.blocks = [
             self.block_class(

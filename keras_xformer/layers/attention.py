@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_xformer.layers._checks import check_positive_int
+from keras_xformer.layers._checks import check_rate
 from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers._masking import merge_attention_masks
@@ -172,26 +174,10 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                "`num_heads` must be a positive int. "
-                f"Received: num_heads={num_heads}"
-            )
-        if not isinstance(key_dim, int) or key_dim <= 0:
-            raise ValueError(
-                f"`key_dim` must be a positive int. Received: key_dim={key_dim}"
-            )
-        if value_dim is not None and (
-            not isinstance(value_dim, int) or value_dim <= 0
-        ):
-            raise ValueError(
-                "`value_dim` must be a positive int or None. "
-                f"Received: value_dim={value_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout}"
-            )
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("key_dim", key_dim)
+        check_positive_int("value_dim", value_dim, allow_none=True)
+        check_rate("dropout", dropout)
         if isinstance(output_shape, (list, tuple)):
             if len(output_shape) != 1:
                 raise ValueError(

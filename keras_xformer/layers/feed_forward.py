@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_xformer.layers._checks import check_positive_int
 from keras_xformer.layers._dropout import Dropout
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
@@ -36,11 +37,7 @@ class PositionwiseFeedForward(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(intermediate_dim, int) or intermediate_dim <= 0:
-            raise ValueError(
-                "`intermediate_dim` must be a positive int. "
-                f"Received: intermediate_dim={intermediate_dim}"
-            )
+        check_positive_int("intermediate_dim", intermediate_dim)
         self.intermediate_dim = intermediate_dim
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
