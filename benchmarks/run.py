@@ -13,7 +13,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["attention", "generate", "export", "bucketing"]
+BENCHMARKS = ["attention", "train", "dropout", "generate", "export", "bucketing"]
 
 
 def run(name):
@@ -52,6 +52,18 @@ def write_results():
             lines.append(f"| {case} vs {other[:-3]} | {jit.split('=')[1]} | {r['ours_ms']:.1f} | "
                          f"{r[other]:.1f} | {r['speedup']:.2f}x |")
         lines.append("")
+    train = load("train")
+    if train:
+        lines += train_section(train)
+    dropout = load("dropout")
+    if dropout:
+        lines += [
+            "## Dropout of one (64, 64, 256) activation in a `tf.function` "
+            "(why ours hashes its masks under XLA)",
+            "",
+            "| case | ms |",
+            "| --- | --- |",
+        ] + [f"| {k} | {v:.2f} |" for k, v in dropout["ms"].items()] + [""]
     generate = load("generate")
     if generate:
         lines += [
@@ -89,6 +101,95 @@ def write_results():
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def train_section(t):
+    c = t["config"]
+    runs = t["runs"]
+    lines = [
+        f"## Training in `model.fit`: target tokens/s (width {c['hidden_dim']}, "
+        f"{c['num_heads']} heads, feed-forward {c['intermediate_dim']}, "
+        f"{c['num_layers']}+{c['num_layers']} layers, vocabulary {c['vocabulary_size']}, "
+        f"length {c['length']}, batch {c['batch']}, dropout {c['dropout']})",
+        "",
+        f"float32 matmul ceiling measured in the same run: {t['ceiling_gflops']:.0f} GFLOP/s; "
+        f"model FLOPs per training step: {t['train_flops_per_step'] / 1e9:.1f} GFLOP "
+        "(formula in `benchmarks/train.py`).",
+        "",
+        "| model | XLA | precision | parameters | ms/step | tokens/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    main_job = [r for r in runs if r.get("config") == "main_job"]
+    runs = [r for r in runs if r.get("config", "issue5") == "issue5"]
+    main_runs = [r for r in runs if not r["lever"] and not r.get("xla_flags")]
+    for r in main_runs:
+        lines.append(f"| {r['model']} | {r['jit_compile']} | {r['precision']} | "
+                     f"{r['parameters']:,} | {1000 * r['step_seconds']:.0f} | "
+                     f"{r['tokens_per_second']:,.0f} | {100 * r['mfu']:.0f}% |")
+
+    def best(model, **where):
+        rows = [r for r in main_runs if r["model"] == model
+                and all(r[k] == v for k, v in where.items())]
+        return max(rows, key=lambda r: r["tokens_per_second"]) if rows else None
+
+    if t.get("head_to_head"):
+        lines += ["", "Head to head: the three models trained one step each in turn in one "
+                  "process (`train_on_batch`, the step `fit` compiles), so that the CPU's "
+                  "drift hits all three alike; speed-up = their step time / ours:", "",
+                  "| XLA | ours ms/step | keras_hub ms/step | tutorial ms/step | "
+                  "ours vs keras_hub | ours vs tutorial |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in t["head_to_head"]:
+            st = r["step_seconds"]
+            lines.append(f"| {r['jit_compile']} | {1000 * st['ours']:.0f} | "
+                         f"{1000 * st['keras_hub']:.0f} | {1000 * st['tutorial']:.0f} | "
+                         f"{st['keras_hub'] / st['ours']:.2f}x | "
+                         f"{st['tutorial'] / st['ours']:.2f}x |")
+        bests = {n: min(r["step_seconds"][n] for r in t["head_to_head"])
+                 for n in ("ours", "keras_hub", "tutorial")}
+        lines.append(f"| best mode of each | {1000 * bests['ours']:.0f} | "
+                     f"{1000 * bests['keras_hub']:.0f} | {1000 * bests['tutorial']:.0f} | "
+                     f"{bests['keras_hub'] / bests['ours']:.2f}x | "
+                     f"{bests['tutorial'] / bests['ours']:.2f}x |")
+    lines += ["", "Ratios of the `model.fit` runs above (one process each, one after "
+              "another):", "",
+              "| ratio (tokens/s) | vs keras_hub | vs tutorial |", "| --- | --- | --- |"]
+    for label, where, theirs_where in (
+        ("ours best / their best", {}, {}),
+        ("ours XLA / their XLA (float32)", {"jit_compile": True, "precision": "float32"},
+         {"jit_compile": True}),
+        ("ours no XLA / their no XLA (float32)", {"jit_compile": False, "precision": "float32"},
+         {"jit_compile": False}),
+    ):
+        ours = best("ours", **where)
+        cells = []
+        for other in ("keras_hub", "tutorial"):
+            theirs = best(other, **theirs_where)
+            cells.append(f"{ours['tokens_per_second'] / theirs['tokens_per_second']:.2f}x"
+                         if ours and theirs else "-")
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    flag_runs = [r for r in runs if r.get("xla_flags") and not r["lever"]]
+    if t.get("levers") or flag_runs:
+        lines += ["", "Levers, ours with XLA: each run against the shipped model in the same "
+                  "process, one training step of each in turn (so that the CPU's drift hits "
+                  "both); > 1: the shipped way is faster.", "",
+                  "| turned off | shipped ms/step | turned off ms/step | speed-up of shipping it |",
+                  "| --- | --- | --- | --- |"]
+        for r in t.get("levers", []):
+            lines.append(f"| {r['lever']} | {1000 * r['shipped_seconds']:.0f} | "
+                         f"{1000 * r['lever_off_seconds']:.0f} | {r['speedup']:.2f}x |")
+        base = best("ours", jit_compile=True, precision="float32")
+        for r in flag_runs:
+            lines.append(f"| (XLA_FLAGS={r['xla_flags']}, separate process) | "
+                         f"{1000 * base['step_seconds']:.0f} | "
+                         f"{1000 * r['step_seconds']:.0f} | "
+                         f"{r['step_seconds'] / base['step_seconds']:.2f}x |")
+    if main_job:
+        lines += ["", "The main job's own shapes (tiny preset, vocabulary 2,400, source 15, "
+                  "target 20, batch 64), ours: " + ", ".join(
+                      f"XLA {r['jit_compile']}: {r['tokens_per_second']:,.0f} tokens/s"
+                      for r in main_job) + "."]
+    return lines + [""]
 
 
 def main():
