@@ -40,10 +40,12 @@ def test_two_workers_make_two_replicas_and_train_in_lockstep(workers):
 def test_two_workers_train_like_one_device(workers):
     # Same initial weights, same global batch of 8 (4 per worker): the 12
     # per-step losses and the evaluation loss agree to float32 rounding
-    # (measured max relative difference 2.4e-7).
+    # (measured max relative difference 2.4e-7 in one run, 1.06e-5 at step
+    # 11 in a CI run: the all-reduce sums in another order than one device,
+    # and the difference grows over the steps).
     losses, evaluation = workers[0]["distributed"]
     single_losses, single_evaluation = workers[0]["single"]
-    np.testing.assert_allclose(losses, single_losses, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(losses, single_losses, rtol=1e-4, atol=0)
     np.testing.assert_allclose(evaluation, single_evaluation, rtol=1e-5)
 
 
