@@ -264,7 +264,6 @@ def measure(model_name, jit_compile, precision, lever, steps, warmup, config="is
     import numpy as np
     import tensorflow as tf
 
-    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
     from keras_xformer.models import Transformer
 
     keras.utils.set_random_seed(0)
@@ -288,11 +287,7 @@ def measure(model_name, jit_compile, precision, lever, steps, warmup, config="is
     model((source[:2], target[:2, :-1]))  # build
     if model_name == "ours":
         apply_lever(model, lever)
-    loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
-    if lever == "one_hot_loss":
-        loss = one_hot_loss(v, 0.1)
-    elif lever == "autodiff_loss":
-        loss = autodiff_loss(0.1)
+    loss = loss_for(lever, v)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
         loss=loss, jit_compile=jit_compile)
@@ -337,14 +332,23 @@ def autodiff_loss(label_smoothing):
     return loss
 
 
-def measure_head_to_head(jit_compile, steps, warmup):
-    """The three models trained step for step in turns in one process
-    (`train_on_batch`, the step `fit` compiles), so that the CPU's drift
-    hits all three alike: the ratios between models come from here."""
+def loss_for(lever, vocabulary_size):
+    """Our loss, or the loss a loss lever compares it with."""
+    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
+
+    if lever == "one_hot_loss":
+        return one_hot_loss(vocabulary_size, 0.1)
+    if lever == "autodiff_loss":
+        return autodiff_loss(0.1)
+    return MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
+
+
+def train_in_turns(variants, jit_compile, steps, warmup):
+    """Median step seconds of each `(name, build, lever)` variant, trained
+    one step each in turn in this process (`train_on_batch`, the step `fit`
+    compiles), so that the CPU's drift hits all of them alike."""
     import keras
     import numpy as np
-
-    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
 
     c = dict(CONFIG)
     rng = np.random.default_rng(0)
@@ -352,14 +356,14 @@ def measure_head_to_head(jit_compile, steps, warmup):
     x = (rng.integers(4, v, (b, t)).astype("int32"), rng.integers(4, v, (b, t)).astype("int32"))
     y = rng.integers(4, v, (b, t)).astype("int32")
     models = {}
-    for name, build in BUILDERS.items():
+    for name, build, lever in variants:
         keras.utils.set_random_seed(0)
         model = build(c)
         model(x)
+        apply_lever(model, lever)
         model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.9, beta_2=0.98,
                                                       epsilon=1e-9),
-                      loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
-                      jit_compile=jit_compile)
+                      loss=loss_for(lever, v), jit_compile=jit_compile)
         for _ in range(warmup):
             model.train_on_batch(x, y)
         models[name] = model
@@ -369,49 +373,21 @@ def measure_head_to_head(jit_compile, steps, warmup):
             start = time.perf_counter()
             model.train_on_batch(x, y)
             times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def measure_head_to_head(jit_compile, steps, warmup):
+    """The three models in turns: the ratios between models come from here."""
+    variants = [(name, build, None) for name, build in BUILDERS.items()]
     return {"jit_compile": jit_compile,
-            "step_seconds": {n: statistics.median(ts) for n, ts in times.items()}}
+            "step_seconds": train_in_turns(variants, jit_compile, steps, warmup)}
 
 
 def measure_lever(lever, jit_compile, steps, warmup):
-    """The shipped model and the same model with `lever` turned off, trained
-    step for step in turns (`train_on_batch`, each with its own compiled
-    step) so that the CPU's drift hits both alike."""
-    import keras
-    import numpy as np
-
-    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
-
-    c = dict(CONFIG)
-    rng = np.random.default_rng(0)
-    b, t, v = c["batch"], c["length"], c["vocabulary_size"]
-    x = (rng.integers(4, v, (b, t)).astype("int32"), rng.integers(4, v, (b, t)).astype("int32"))
-    y = rng.integers(4, v, (b, t)).astype("int32")
-    models = {}
-    for name in ("shipped", lever):
-        keras.utils.set_random_seed(0)
-        model = build_ours(c)
-        model(x)
-        loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
-        if name != "shipped":
-            apply_lever(model, lever)
-            if lever == "one_hot_loss":
-                loss = one_hot_loss(v, 0.1)
-            elif lever == "autodiff_loss":
-                loss = autodiff_loss(0.1)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.9, beta_2=0.98,
-                                                      epsilon=1e-9),
-                      loss=loss, jit_compile=jit_compile)
-        for _ in range(warmup):
-            model.train_on_batch(x, y)
-        models[name] = model
-    times = {name: [] for name in models}
-    for _ in range(steps):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
-    shipped, off = (statistics.median(times[n]) for n in ("shipped", lever))
+    """The shipped model and the same model with `lever` turned off, in turns."""
+    seconds = train_in_turns(
+        [("shipped", build_ours, None), (lever, build_ours, lever)], jit_compile, steps, warmup)
+    shipped, off = seconds["shipped"], seconds[lever]
     return {"lever": lever, "jit_compile": jit_compile, "shipped_seconds": shipped,
             "lever_off_seconds": off, "speedup": off / shipped}
 
