@@ -246,7 +246,8 @@ def export_ctranslate2(path, model, source_tokenizer, target_tokenizer,
       normalizations of the same log-probability, so with `alpha=0` they
       agree; otherwise beam results can differ on close calls. CTranslate2
       also stops a beam search once `beam_size` hypotheses have finished,
-      where ours runs until every beam has.
+      where ours runs until every beam has, so beam outputs are not
+      token-for-token equal (greedy outputs are).
     - Quantization is CTranslate2's: weights are stored quantized and the
       engine computes in that type (`"int8"`: int8 matmuls, the fastest
       on CPU; `"int8_float32"`: int8 weights, float32 for the rest).
