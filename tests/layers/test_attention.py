@@ -213,7 +213,7 @@ class MultiHeadAttentionTest(LayerTestCase):
         with pytest.raises(ValueError, match="value_mask"):
             layer(x, x, value_mask=np.ones((B, T + 2), bool))
         with pytest.raises(ValueError, match="attention_mask"):
-            layer(x, x, attention_mask=np.ones((T, T), bool))
+            layer(x, x, attention_mask=np.ones((B, 1, 1, T, T), bool))
         with pytest.raises(ValueError, match="value_dim == key_dim"):
             MultiHeadAttention(H, 4, value_dim=2).compute_cache(x)
         with pytest.raises(ValueError, match="batch, length, dim"):
