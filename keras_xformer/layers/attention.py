@@ -12,6 +12,7 @@ from keras.src.layers.attention.multi_head_attention import (
 
 from keras_xformer.layers._checks import check_rate
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
 from keras_xformer.layers._masking import causal_mask
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers._masking import merge_attention_masks
@@ -89,14 +90,17 @@ def _attention_weights(logits, mask, dtype, dropout, training):
 def _fused_kernel_attention(query, key, value, mask, flash_attention):
     """`keras.ops.dot_product_attention` (cuDNN / flash kernels where the
     backend has them) with the einsum path's guarantee: a query row whose
-    keys are all masked attends uniformly to every key instead of giving
-    NaN, whatever kernel runs."""
+    keys are all masked gets uniform weights (the mean of the values)
+    instead of NaN, whatever kernel runs."""
+    visible = None
     if mask is not None:
         if len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)
-        visible = ops.any(mask, axis=-1, keepdims=True)
-        mask = ops.logical_or(mask, ops.logical_not(visible))
-    return ops.dot_product_attention(
+        visible = ops.any(mask, axis=-1)  # (batch, heads or 1, Tq)
+        # Such rows attend to every key inside the kernel (no NaN there)
+        # and are replaced below.
+        mask = ops.logical_or(mask, ops.logical_not(ops.expand_dims(visible, -1)))
+    outputs = ops.dot_product_attention(
         query,
         key,
         value,
@@ -104,6 +108,11 @@ def _fused_kernel_attention(query, key, value, mask, flash_attention):
         scale=1.0 / math.sqrt(query.shape[-1]),
         flash_attention=flash_attention,
     )
+    if visible is None:
+        return outputs
+    uniform = ops.mean(value, axis=1, keepdims=True)  # (batch, 1, heads, dim)
+    visible = ops.expand_dims(ops.transpose(visible, (0, 2, 1)), -1)
+    return ops.where(visible, outputs, ops.cast(uniform, outputs.dtype))
 
 
 def _fused_kernel_by_default():
@@ -158,7 +167,7 @@ def _concatenate_projections(layer, inputs, denses):
 
 
 @_register
-class MultiHeadAttention(keras.layers.MultiHeadAttention):
+class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
     """Multi-head attention: `keras.layers.MultiHeadAttention` plus a
     key/value cache, fused projections and a float32 softmax.
 

@@ -4,9 +4,12 @@ import math
 
 import keras
 from keras import ops
+from keras import quantizers
 
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
 from keras_xformer.layers._masking import sequence_mask_from_ids
+from keras_xformer.layers._quantization import dtype_policy_config
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
@@ -191,7 +194,7 @@ class LearnedPositionalEncoding(keras.layers.Layer):
 
 
 @_register
-class TokenAndPositionEmbedding(keras.layers.Layer):
+class TokenAndPositionEmbedding(LoraMixin, keras.layers.Layer):
     """Token embedding, scaled by `sqrt(embedding_dim)`, plus positions.
 
     Id 0 is padding: with `mask_zero=True` (default) the output carries a
@@ -287,6 +290,41 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         """The `(vocabulary_size, embedding_dim)` token matrix."""
         return self.token_embedding.embeddings
 
+    def reverse(self, inputs):
+        """`inputs @ embeddings^T`: logits over the vocabulary from the token
+        matrix (tied output embeddings, section 3.4), `(batch, T, dim)` to
+        `(batch, T, vocabulary_size)` in the inputs' dtype. Reads an int8 /
+        int4 quantized table as it is and rescales the `vocabulary_size`
+        logits, rather than dequantizing the whole table every call."""
+        layer = self.token_embedding
+        mode = layer.quantization_mode
+        dtype = inputs.dtype
+        if mode is None:
+            table = ops.cast(layer.embeddings, dtype)
+            return ops.matmul(inputs, ops.transpose(table))
+        if mode not in ("int8", "int4") or getattr(
+            layer, "_int4_block_size", None
+        ) not in (None, -1):
+            raise ValueError(
+                f"Tied output embeddings support int8 and per-row int4 "
+                f"quantization; this embedding is quantized as {mode!r}. "
+                "Leave it out with `model.quantize(mode, filters=...)`."
+            )
+        table = layer._embeddings
+        if mode == "int4":
+            table = quantizers.unpack_int4(table, layer._orig_output_dim, axis=-1)
+        # Row v of the float table is table[v] / scale[v]: the scale
+        # divides logit v.
+        logits = ops.matmul(inputs, ops.transpose(ops.cast(table, dtype)))
+        logits = logits / ops.cast(layer.embeddings_scale, dtype)
+        if layer.lora_enabled:
+            adapter = ops.matmul(
+                ops.matmul(inputs, ops.transpose(ops.cast(layer.lora_embeddings_b, dtype))),
+                ops.transpose(ops.cast(layer.lora_embeddings_a, dtype)),
+            )
+            logits = logits + ops.cast(layer.lora_alpha / layer.lora_rank, dtype) * adapter
+        return logits
+
     def build(self, input_shape):
         self.token_embedding.build(input_shape)
         self.position_encoding.build(
@@ -324,6 +362,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 ),
             }
         )
+        config["dtype"] = dtype_policy_config(self)
         return config
 
 
