@@ -71,3 +71,24 @@ def test_lora_trains_only_adapters_and_roundtrips(tmp_path):
         v.path for v in model.trainable_variables)
     np.testing.assert_array_equal(restored.generate(SOURCE, max_length=6),
                                   model.generate(SOURCE, max_length=6))
+
+
+def test_export_tflite_accepts_a_quantized_model(tmp_path):
+    from keras_xformer.export import export_tflite
+    from keras_xformer.layers._quantization import dequantized_copy
+
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    model = tiny()
+    model.quantize("int8")
+    path = os.path.join(tmp_path, "model.tflite")
+    export_tflite(path, model, 7, 6, quantization="dynamic_int8")
+    runner = interpreter.Interpreter(model_path=path).get_signature_runner()
+    ids = runner(source_ids=SOURCE[:1].astype("int32"))["target_ids"]
+    assert ids.shape == (1, 6)
+    # Unquantized, the file computes what the dequantized weights compute.
+    path = os.path.join(tmp_path, "float.tflite")
+    export_tflite(path, model, 7, 6)
+    runner = interpreter.Interpreter(model_path=path).get_signature_runner()
+    ids = runner(source_ids=SOURCE[:1].astype("int32"))["target_ids"]
+    np.testing.assert_array_equal(
+        ids, dequantized_copy(model).generate(SOURCE[:1], max_length=6))
