@@ -17,6 +17,11 @@ from keras_xformer.layers import attention as attention_module
 from tests.helpers import LayerTestCase
 from tests.helpers import random_inputs
 
+
+def to_numpy(x):
+    # `np.asarray` fails on PyTorch tensors that require grad.
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
 B, T, D, H = 2, 6, 16, 4
 
 
@@ -92,8 +97,8 @@ class QuantizeTest(LayerTestCase):
             for sub in (layer._query_dense, layer._key_dense,
                         layer._value_dense, layer._output_dense):
                 sub.quantize("int8")
-        a = np.asarray(reference(x, x, use_causal_mask=True))
-        b = np.asarray(ops.cast(half(x, x, use_causal_mask=True), "float32"))
+        a = to_numpy(reference(x, x, use_causal_mask=True))
+        b = to_numpy(ops.cast(half(x, x, use_causal_mask=True), "float32"))
         self.assertLess(np.abs(a - b).max(), 8e-2 * max(1.0, np.abs(a).max()))
 
     def test_dtype_policy_map_reaches_sublayers(self):
@@ -164,7 +169,7 @@ class LoraTest(LayerTestCase):
         fused = layer(x, x)
         layer._fusable = False
         separate = layer(x, x)
-        np.testing.assert_allclose(fused, separate, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(fused), to_numpy(separate), atol=1e-5)
 
 
 class ConventionsTest(LayerTestCase):
@@ -207,10 +212,10 @@ class FusedKernelTest(LayerTestCase):
             fused = layer(x, x, attention_mask=mask)
             # Asking for scores takes the einsum path.
             einsum, _ = layer(x, x, attention_mask=mask, return_attention_scores=True)
-            fused = np.asarray(ops.cast(fused, "float32"))
+            fused = to_numpy(ops.cast(fused, "float32"))
             self.assertTrue(np.all(np.isfinite(fused)), dtype)
             np.testing.assert_allclose(
-                fused, np.asarray(ops.cast(einsum, "float32")),
+                fused, to_numpy(ops.cast(einsum, "float32")),
                 atol=1e-4 if dtype == "float32" else 0.1 * np.abs(fused).max(),
             )
 
@@ -218,7 +223,7 @@ class FusedKernelTest(LayerTestCase):
         x = random_inputs(B, T, D)
         self.assert_half_precision_agrees(
             lambda dtype: MultiHeadAttention(H, 4, dtype=dtype),
-            lambda layer: layer(x, x, use_causal_mask=True),
+            lambda layer: to_numpy(layer(x, x, use_causal_mask=True)),
         )
 
     def test_float32_softmax_under_float16(self):
@@ -227,6 +232,6 @@ class FusedKernelTest(LayerTestCase):
         x = random_inputs(B, T, D) * 60.0
         self.assert_half_precision_agrees(
             lambda dtype: MultiHeadAttention(H, 4, dtype=dtype),
-            lambda layer: layer(x, x),
+            lambda layer: to_numpy(layer(x, x)),
             policies=("mixed_float16",), tolerances={"mixed_float16": 5e-2},
         )
