@@ -462,12 +462,30 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             key_mask = None
         elif key_mask is None:
             key_mask = keras_mask(key)
-        # As Keras' layer does: the masks are handled here, and the
-        # projection sublayers (which do not support masking) would warn.
+        # The masks are handled here: hidden from the projection sublayers
+        # (which do not support masking and would warn) during the call,
+        # then given back (Keras' layer drops them from the caller's
+        # tensors, which hides them from the next layer reading them).
+        saved = []
         for tensor in (query, value, key):
             if tensor is not None and keras_mask(tensor) is not None:
+                saved.append((tensor, keras_mask(tensor)))
                 set_keras_mask(tensor, None)
+        try:
+            return self._attend(
+                query, value, key, query_mask, value_mask, key_mask,
+                attention_mask, return_attention_scores, training,
+                use_causal_mask, cache, cache_update_index, reuse_cache,
+            )
+        finally:
+            for tensor, mask in saved:
+                set_keras_mask(tensor, mask)
 
+    def _attend(
+        self, query, value, key, query_mask, value_mask, key_mask,
+        attention_mask, return_attention_scores, training, use_causal_mask,
+        cache, cache_update_index, reuse_cache,
+    ):
         gate = self._gate_dense(query) if self._use_gate else None
         if reuse_cache:
             q = self.project_query(query)

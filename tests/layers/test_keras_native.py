@@ -190,6 +190,17 @@ class ConventionsTest(LayerTestCase):
         self.assertIn("(TransformerEncoderBlock)", text)
 
 
+class MaskTest(LayerTestCase):
+    def test_callers_keras_masks_survive_the_call(self):
+        # Keras' layer drops them; a second attention reading the same
+        # encoder output would then attend to its padding.
+        x = keras.layers.Embedding(10, D, mask_zero=True)(np.array([[1, 2, 3, 0, 0]]))
+        memory = keras.layers.Embedding(10, D, mask_zero=True)(np.array([[4, 5, 0]]))
+        MultiHeadAttention(H, 4)(x, memory)
+        self.assertIsNotNone(keras.src.backend.get_keras_mask(x))
+        self.assertIsNotNone(keras.src.backend.get_keras_mask(memory))
+
+
 class FusedKernelTest(LayerTestCase):
     """`ops.dot_product_attention` path (what runs on GPU/TPU), forced on
     this CPU: same outputs, finite fully-masked rows, float32 agreement."""
