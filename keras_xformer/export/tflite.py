@@ -38,6 +38,13 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         )
     check_export_args(model, source_length=source_length,
                       max_target_length=max_target_length)
+    if any(layer.quantization_mode for layer in model._flatten_layers()):
+        # TFLite builtins take no int8 activations (Keras' int8 matmuls):
+        # export what the quantized weights compute, in float, and let
+        # `quantization` re-quantize it the TFLite way.
+        from keras_xformer.layers._quantization import dequantized_copy
+
+        model = dequantized_copy(model)
     variables = list(model.variables)
     weights = [v.numpy() for v in variables]
 

@@ -7,7 +7,9 @@ from keras.src.backend import compute_output_spec as _trace_output_spec
 from keras_xformer.layers._checks import check_positive_int
 from keras_xformer.layers._checks import check_rate
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
 from keras_xformer.layers._masking import keras_mask
+from keras_xformer.layers._quantization import dtype_policy_config
 from keras_xformer.layers.attention import MultiHeadAttention
 from keras_xformer.layers.feed_forward import PositionwiseFeedForward
 
@@ -24,7 +26,7 @@ def check_width(width, num_heads):
     return width // num_heads
 
 
-class BlockBase(keras.layers.Layer):
+class BlockBase(LoraMixin, keras.layers.Layer):
     """Arguments, sublayer factories and config shared by both blocks."""
 
     def __init__(
@@ -117,10 +119,11 @@ class BlockBase(keras.layers.Layer):
                 ),
             }
         )
+        config["dtype"] = dtype_policy_config(self)
         return config
 
 
-class StackBase(keras.layers.Layer):
+class StackBase(LoraMixin, keras.layers.Layer):
     """`num_layers` blocks, plus a final LayerNorm when `norm_first`."""
 
     block_class = None
@@ -188,6 +191,7 @@ class StackBase(keras.layers.Layer):
             block_config.pop(key, None)
         config.update(block_config)
         config["num_layers"] = self.num_layers
+        config["dtype"] = dtype_policy_config(self)
         return config
 
 

@@ -32,16 +32,28 @@ def causal_mask(query_length, key_length, offset=0):
     return ops.greater_equal(rows, cols)
 
 
+def sliding_window_mask(query_length, key_length, window, offset=0):
+    """`(query_length, key_length)` band: query `i` sees keys `j` with
+    `|offset + i - j| < window` (Keras' `sliding_window`; with a causal
+    mask it becomes Mistral's causal window)."""
+    rows = ops.expand_dims(ops.arange(query_length) + offset, -1)
+    cols = ops.expand_dims(ops.arange(key_length), 0)
+    return ops.less(ops.abs(rows - cols), window)
+
+
 def _check_rank(name, mask, rank):
-    if mask is not None and len(mask.shape) != rank:
+    ranks = rank if isinstance(rank, tuple) else (rank,)
+    if mask is not None and len(mask.shape) not in ranks:
+        ranks = " or ".join(str(r) for r in ranks)
         raise ValueError(
-            f"`{name}` must have rank {rank}, but got shape {mask.shape}."
+            f"`{name}` must have rank {ranks}, but got shape {mask.shape}."
         )
 
 
 def _check_dim(name, mask, axis, expected, what):
     actual = mask.shape[axis]
-    if actual is not None and expected is not None and actual != expected:
+    # A 1 broadcasts, as in Keras' layer.
+    if actual not in (None, 1) and expected is not None and actual != expected:
         raise ValueError(
             f"`{name}` has shape {mask.shape}, but its dimension {axis} must "
             f"equal the {what} ({expected})."
@@ -57,6 +69,7 @@ def merge_attention_masks(
     attention_mask=None,
     use_causal_mask=False,
     causal_offset=0,
+    sliding_window=None,
 ):
     """Combines padding, causal and explicit masks with a logical AND.
 
@@ -66,12 +79,16 @@ def merge_attention_masks(
         query_mask: `(batch, Tq)`, or `None`.
         value_mask: `(batch, Tk)`, or `None`.
         key_mask: `(batch, Tk)`, or `None`.
-        attention_mask: `(batch, Tq, Tk)` (1 = attend), or `None`.
+        attention_mask: `(batch, Tq, Tk)` (1 = attend), `(Tq, Tk)` or
+            `(batch, heads, Tq, Tk)`, or `None`.
         use_causal_mask: add the causal mask.
         causal_offset: absolute position of the first query.
+        sliding_window: keys within `sliding_window - 1` positions of the
+            query only, or `None`.
 
     Returns:
-        A boolean mask broadcastable to `(batch, Tq, Tk)`, or `None` when
+        A boolean mask broadcastable to `(batch, Tq, Tk)` (to `(batch,
+        heads, Tq, Tk)` when `attention_mask` has heads), or `None` when
         nothing is masked (so no mask tensor is ever materialized for free).
     """
     static_q = query_length if isinstance(query_length, int) else None
@@ -91,15 +108,30 @@ def merge_attention_masks(
             _check_rank(name, mask, 2)
             _check_dim(name, mask, 1, static_k, "key/value length")
             _and(ops.expand_dims(ops.cast(mask, "bool"), -2))
-    if attention_mask is not None:
-        _check_rank("attention_mask", attention_mask, 3)
-        _check_dim("attention_mask", attention_mask, 1, static_q, "query length")
-        _check_dim("attention_mask", attention_mask, 2, static_k, "key length")
-        _and(ops.cast(attention_mask, "bool"))
     if use_causal_mask:
         _and(
             ops.expand_dims(
                 causal_mask(query_length, key_length, causal_offset), 0
             )
         )
+    if sliding_window is not None:
+        _and(
+            ops.expand_dims(
+                sliding_window_mask(
+                    query_length, key_length, sliding_window, causal_offset
+                ),
+                0,
+            )
+        )
+    if attention_mask is not None:
+        _check_rank("attention_mask", attention_mask, (2, 3, 4))
+        _check_dim("attention_mask", attention_mask, -2, static_q, "query length")
+        _check_dim("attention_mask", attention_mask, -1, static_k, "key length")
+        attention_mask = ops.cast(attention_mask, "bool")
+        if len(attention_mask.shape) == 2:
+            attention_mask = ops.expand_dims(attention_mask, 0)
+        if len(attention_mask.shape) == 4 and merged is not None:
+            # Per-head masks: the others gain a heads axis.
+            merged = ops.expand_dims(merged, 1)
+        _and(attention_mask)
     return merged

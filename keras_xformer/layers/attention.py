@@ -4,12 +4,19 @@ import math
 
 import keras
 from keras import ops
+from keras.src.backend import compute_output_spec as _trace_output_spec
+from keras.src.backend import set_keras_mask
+from keras.src.layers.attention.multi_head_attention import (
+    _build_attention_equation,
+)
 
-from keras_xformer.layers._checks import check_positive_int
 from keras_xformer.layers._checks import check_rate
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
+from keras_xformer.layers._masking import causal_mask
 from keras_xformer.layers._masking import keras_mask
 from keras_xformer.layers._masking import merge_attention_masks
+from keras_xformer.layers._quantization import dtype_policy_config
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
@@ -29,8 +36,9 @@ def scaled_dot_product_attention(
         query: `(batch, query_length, heads, key_dim)`.
         key: `(batch, key_length, heads, key_dim)`.
         value: `(batch, key_length, heads, value_dim)`.
-        mask: boolean, broadcastable to `(batch, query_length, key_length)`,
-            `True` = attend; or `None`.
+        mask: boolean, broadcastable to `(batch, query_length, key_length)`
+            or to `(batch, heads, query_length, key_length)`, `True` =
+            attend; or `None`.
         dropout: an optional `keras.layers.Dropout` applied to the weights.
         training: passed to `dropout`.
 
@@ -71,37 +79,118 @@ def _attention_weights(logits, mask, dtype, dropout, training):
     # sums lose the agreement with float32 that mixed-precision users expect.
     logits = ops.cast(logits, "float32")
     if mask is not None:
-        logits = ops.where(ops.expand_dims(mask, 1), logits, _MASKED_LOGIT)
+        if len(mask.shape) == 3:
+            mask = ops.expand_dims(mask, 1)
+        logits = ops.where(mask, logits, _MASKED_LOGIT)
     weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
     dropped = weights if dropout is None else dropout(weights, training=training)
     return weights, dropped
 
 
-def _project(inputs, kernel, bias):
-    """`inputs (batch, length, d) @ kernel (d, heads, dim) + bias`."""
-    d, heads, dim = kernel.shape
-    flat = ops.reshape(inputs, (-1, d))
-    outputs = ops.matmul(flat, ops.reshape(kernel, (d, heads * dim)))
-    if bias is not None:
-        outputs = outputs + ops.reshape(bias, (heads * dim,))
+def _fused_kernel_attention(query, key, value, mask, flash_attention):
+    """`keras.ops.dot_product_attention` (cuDNN / flash kernels where the
+    backend has them) with the einsum path's guarantee: a query row whose
+    keys are all masked gets uniform weights (the mean of the values)
+    instead of NaN, whatever kernel runs."""
+    visible = None
+    if mask is not None:
+        if len(mask.shape) == 3:
+            mask = ops.expand_dims(mask, 1)
+        visible = ops.any(mask, axis=-1)  # (batch, heads or 1, Tq)
+        # Such rows attend to every key inside the kernel (no NaN there)
+        # and are replaced below.
+        mask = ops.logical_or(mask, ops.logical_not(ops.expand_dims(visible, -1)))
+    outputs = ops.dot_product_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        scale=1.0 / math.sqrt(query.shape[-1]),
+        flash_attention=flash_attention,
+    )
+    if visible is None:
+        return outputs
+    uniform = ops.mean(value, axis=1, keepdims=True)  # (batch, 1, heads, dim)
+    visible = ops.expand_dims(ops.transpose(visible, (0, 2, 1)), -1)
+    return ops.where(visible, outputs, ops.cast(uniform, outputs.dtype))
+
+
+def _fused_kernel_by_default():
+    """Whether `ops.dot_product_attention` runs when the user did not ask
+    for flash attention either way: on GPU/TPU, where the backends reach
+    cuDNN/flash kernels. On CPU our einsum path measured faster
+    (benchmarks/attention.py, `core` rows)."""
+    global _FUSED_BY_DEFAULT
+    if _FUSED_BY_DEFAULT is None:
+        try:
+            devices = keras.distribution.list_devices()
+        except Exception:  # a backend without device listing: stay on CPU
+            devices = []
+        _FUSED_BY_DEFAULT = any(
+            not str(d).lower().startswith("cpu") and "cpu" not in str(d).lower()
+            for d in devices
+        )
+    return _FUSED_BY_DEFAULT
+
+
+_FUSED_BY_DEFAULT = None
+
+
+def _concatenate_projections(layer, inputs, denses):
+    """`inputs @ [W_1 | W_2 | ...] + [b_1 | b_2 | ...]` split back into
+    per-head `(batch, T, heads, dim)` tensors: one matmul reads `inputs`
+    once instead of once per projection (kernels concatenated at call
+    time, so the weights stay Keras' own `EinsumDense` sublayers)."""
+    dtype = layer.compute_dtype
+    kernels = [ops.cast(dense.kernel, dtype) for dense in denses]
+    d = kernels[0].shape[0]
+    flat_kernels = [ops.reshape(k, (d, -1)) for k in kernels]
+    sizes = [k.shape[-1] for k in flat_kernels]
+    flat = ops.reshape(ops.cast(inputs, dtype), (-1, d))
+    outputs = ops.matmul(flat, ops.concatenate(flat_kernels, axis=-1))
+    if denses[0].bias is not None:
+        outputs = outputs + ops.cast(
+            ops.concatenate(
+                [ops.reshape(dense.bias, (-1,)) for dense in denses], axis=-1
+            ),
+            dtype,
+        )
     shape = ops.shape(inputs)
-    return ops.reshape(outputs, (shape[0], shape[1], heads, dim))
+    # One split, whose gradient is one concatenation (slices would each
+    # back-propagate as a zero-padded copy of the whole output).
+    split_points = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+    parts = ops.split(outputs, split_points, axis=-1) if split_points else [outputs]
+    return [
+        ops.reshape(part, (shape[0], shape[1]) + tuple(kernel.shape[1:]))
+        for part, kernel in zip(parts, kernels)
+    ]
 
 
 @_register
-class MultiHeadAttention(keras.layers.Layer):
-    """Multi-head attention, a drop-in for `keras.layers.MultiHeadAttention`.
+class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
+    """Multi-head attention: `keras.layers.MultiHeadAttention` plus a
+    key/value cache, fused projections and a float32 softmax.
 
     `MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O` with
-    `head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)` (section 3.2.2), the
-    same weights, call arguments and masking semantics as Keras' layer, plus
-    a key/value cache for incremental decoding.
+    `head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)` (section 3.2.2). This is
+    a subclass of Keras' layer: the same arguments, weights (its
+    `EinsumDense` sublayers `query`, `key`, `value`, `attention_output` and
+    `gate`), call arguments, masking and errors, so Keras' model-level
+    features work on it: `quantize(...)`, `enable_lora(rank)` on the
+    sublayers, dtype policy maps, `attention_axes`, `use_gate`,
+    `sliding_window`, `flash_attention`.
 
-    What differs from Keras' layer inside: self-attention (`query`, `key`
-    and `value` the same tensor) runs one fused projection instead of
-    three; masks are only materialized when some mask is given; the softmax
-    runs in float32 under mixed precision; a query row whose keys are all
-    masked is finite (uniform weights) in every dtype.
+    What differs inside, for inputs `(batch, length, dim)` with the default
+    `attention_axes`: self-attention (`query`, `key` and `value` the same
+    tensor) runs one matmul against the concatenated Q/K/V kernels, and
+    cross-attention one against the K/V kernels (each projection runs on
+    its own when its sublayer is quantized); the softmax runs in float32
+    under mixed precision; a query row whose keys are all masked is finite
+    (uniform weights) in every dtype; a key/value cache serves incremental
+    decoding. Attention runs through `keras.ops.dot_product_attention`
+    (flash/cuDNN kernels) when flash attention is enabled or an
+    accelerator is present and no scores or dropout are needed; on CPU the
+    einsum path, which measured faster there.
 
     Args:
         num_heads: number of attention heads `h`.
@@ -109,12 +198,21 @@ class MultiHeadAttention(keras.layers.Layer):
         value_dim: size of each head for value, `d_v` (default `key_dim`).
         dropout: dropout rate on the attention weights.
         use_bias: whether the projections have biases.
-        output_shape: last dimension of the output (an int or a 1-tuple);
+        output_shape: the output's last dimension(s), an int or a tuple;
             default the query's last dimension.
+        attention_axes: axes attention runs over (Keras' meaning); `None`
+            means all axes but batch, heads and features.
+        sliding_window: query `i` sees keys `j` with `|i - j| <
+            sliding_window` only (with a cache, in absolute positions).
+        flash_attention: `True`/`False` forces `ops.dot_product_attention`
+            with (or without) flash kernels; `None` follows
+            `keras.config.is_flash_attention_enabled()` and the device.
         kernel_initializer: initializer of the projection kernels.
         bias_initializer: initializer of the biases.
         kernel_regularizer, bias_regularizer, activity_regularizer,
         kernel_constraint, bias_constraint: as in `keras.layers.Dense`.
+        use_gate: a sigmoid gate computed from the query multiplies the
+            attention output (Keras' gated attention).
         seed: seed of the dropout.
         **kwargs: other `keras.layers.Layer` arguments.
 
@@ -124,13 +222,14 @@ class MultiHeadAttention(keras.layers.Layer):
         key: `(batch, Tv, dim)`, default `value`.
         query_mask, value_mask, key_mask: `(batch, T)` padding masks (1 =
             token); read from Keras implicit masks when not given.
-        attention_mask: `(batch, Tq, Tv)` boolean mask, 1 = attend.
-        use_causal_mask: query `i` attends only to keys `<= i` (with a
-            cache: `<= cache_update_index + i`, which also hides the cache
-            slots not filled yet).
+        attention_mask: `(batch, Tq, Tv)` boolean mask, 1 = attend (also
+            `(Tq, Tv)` or `(batch, heads, Tq, Tv)`).
         return_attention_scores: also return the `(batch, heads, Tq, Tv)`
             attention weights.
         training: whether dropout is active.
+        use_causal_mask: query `i` attends only to keys `<= i` (with a
+            cache: `<= cache_update_index + i`, which also hides the cache
+            slots not filled yet).
         cache: `(batch, 2, max_length, heads, key_dim)` keys and values of
             earlier steps, or `None`.
         cache_update_index: where this call's keys/values are written into
@@ -163,6 +262,9 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout=0.0,
         use_bias=True,
         output_shape=None,
+        attention_axes=None,
+        sliding_window=None,
+        flash_attention=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -170,158 +272,123 @@ class MultiHeadAttention(keras.layers.Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        use_gate=False,
         seed=None,
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        check_positive_int("num_heads", num_heads)
-        check_positive_int("key_dim", key_dim)
-        check_positive_int("value_dim", value_dim, allow_none=True)
         check_rate("dropout", dropout)
-        if isinstance(output_shape, (list, tuple)):
-            if len(output_shape) != 1:
-                raise ValueError(
-                    "`output_shape` must be an int or a 1-tuple. "
-                    f"Received: output_shape={output_shape}"
-                )
-            output_shape = output_shape[0]
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.value_dim = value_dim if value_dim else key_dim
-        self.dropout = dropout
-        self.use_bias = use_bias
-        self._output_shape = output_shape
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
-        self.dropout_layer = Dropout(
-            dropout, seed=seed, dtype=self.dtype_policy
+        super().__init__(
+            num_heads=num_heads,
+            key_dim=key_dim,
+            value_dim=value_dim,
+            dropout=dropout,
+            use_bias=use_bias,
+            output_shape=output_shape,
+            attention_axes=attention_axes,
+            sliding_window=sliding_window,
+            flash_attention=flash_attention,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            use_gate=use_gate,
+            seed=seed,
+            **kwargs,
         )
-        self.supports_masking = True
-
-    @property
-    def output_dim(self):
-        return self._output_shape
-
-    def _dense_weights(self, name, shape):
-        # Each projection gets its own clone of the initializer so that a
-        # seeded initializer does not give the four kernels equal values.
-        kernel = self.add_weight(
-            name=f"{name}_kernel",
-            shape=shape,
-            initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        bias = None
-        if self.use_bias:
-            bias = self.add_weight(
-                name=f"{name}_bias",
-                shape=shape[1:],
-                initializer=self.bias_initializer.__class__.from_config(
-                    self.bias_initializer.get_config()
-                ),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        return kernel, bias
+        # Whether the projections may run as one matmul (benchmarks turn it
+        # off to measure what it buys).
+        self._fusable = True
+        self._sequence_inputs = True
 
     def build(self, query_shape, value_shape=None, key_shape=None):
         value_shape = query_shape if value_shape is None else value_shape
         key_shape = value_shape if key_shape is None else key_shape
+        if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
+            raise ValueError(
+                "All dimensions of `value` and `key`, except the last one, "
+                f"must be equal. Received: value_shape={value_shape} and "
+                f"key_shape={key_shape}"
+            )
         for name, shape in (
             ("query", query_shape),
             ("value", value_shape),
             ("key", key_shape),
         ):
-            if len(shape) != 3 or shape[-1] is None:
+            if len(shape) < 3 or shape[-1] is None:
                 raise ValueError(
-                    f"`{name}` must have shape (batch, length, dim) with a "
-                    f"known dim. Received: {name}.shape={tuple(shape)}"
+                    f"`{name}` must have shape (batch, length, dim) (or "
+                    "(batch, ..., dim) with `attention_axes`) with a known "
+                    f"dim. Received: {name}.shape={tuple(shape)}"
                 )
-        if self._output_shape is None:
-            self._output_shape = query_shape[-1]
-        h, dk, dv = self.num_heads, self.key_dim, self.value_dim
-        # Same weights, shapes and order as keras.layers.MultiHeadAttention,
-        # so `set_weights(keras_mha.get_weights())` works.
-        self.query_kernel, self.query_bias = self._dense_weights(
-            "query", (query_shape[-1], h, dk)
+        super().build(query_shape, value_shape, key_shape)
+        # Our fast path (fused projections, cache) is for the Transformer's
+        # (batch, length, dim) inputs; other ranks run Keras' equations.
+        self._sequence_inputs = (
+            len(query_shape) == len(value_shape) == len(key_shape) == 3
+            and tuple(self._attention_axes) == (1,)
         )
-        self.key_kernel, self.key_bias = self._dense_weights(
-            "key", (key_shape[-1], h, dk)
-        )
-        self.value_kernel, self.value_bias = self._dense_weights(
-            "value", (value_shape[-1], h, dv)
-        )
-        self.output_kernel = self.add_weight(
-            name="output_kernel",
-            shape=(h, dv, self._output_shape),
-            initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()
-            ),
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.output_bias = None
-        if self.use_bias:
-            self.output_bias = self.add_weight(
-                name="output_bias",
-                shape=(self._output_shape,),
-                initializer=self.bias_initializer.__class__.from_config(
-                    self.bias_initializer.get_config()
-                ),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+
+    def _build_attention(self, rank):
+        # Keras' version, with our dropout (cheap random bits under XLA).
+        if self._attention_axes is None:
+            self._attention_axes = tuple(range(1, rank - 2))
+        else:
+            self._attention_axes = tuple(
+                axis if axis >= 0 else (rank - 1) + axis
+                for axis in self._attention_axes
             )
-        self._fusable = query_shape[-1] == key_shape[-1] == value_shape[-1]
-        self.built = True
+        (
+            self._dot_product_equation,
+            self._combine_equation,
+            attn_scores_rank,
+        ) = _build_attention_equation(rank, attn_axes=self._attention_axes)
+        norm_axes = tuple(
+            range(attn_scores_rank - len(self._attention_axes), attn_scores_rank)
+        )
+        self._softmax = keras.layers.Softmax(axis=norm_axes, dtype=self.dtype_policy)
+        self._dropout_layer = Dropout(
+            rate=self._dropout, dtype=self.dtype_policy, seed=self.seed
+        )
 
     # Projections ---------------------------------------------------------
 
+    def _fusable_denses(self, *denses):
+        """Whether these projections can run as one matmul: not when a
+        sublayer is quantized (its kernel is int8/int4/float8 with scales,
+        only its own call knows how to apply it) or regularizes its
+        activity (its own call records that loss)."""
+        return (
+            self._fusable
+            and self._activity_regularizer is None
+            and all(d.quantization_mode is None for d in denses)
+        )
+
     def project_query(self, query):
         """`(batch, T, dim)` to per-head queries `(batch, T, heads, key_dim)`."""
-        return _project(query, self.query_kernel, self.query_bias)
+        return self._query_dense(query)
 
     def project_key_value(self, key, value=None):
         """Per-head keys and values `(batch, T, heads, dim)` of the inputs."""
         value = key if value is None else value
-        if key is value and self._fusable:
-            # One matmul instead of two: the same input read once.
-            k, v = self._fused_projection(
-                key,
-                (self.key_kernel, self.value_kernel),
-                (self.key_bias, self.value_bias),
-            )
+        denses = (self._key_dense, self._value_dense)
+        if (
+            key is value
+            and key.shape[-1] == self._key_dense.kernel.shape[0]
+            and self._fusable_denses(*denses)
+        ):
+            k, v = _concatenate_projections(self, key, denses)
             return k, v
-        return (
-            _project(key, self.key_kernel, self.key_bias),
-            _project(value, self.value_kernel, self.value_bias),
-        )
+        return self._key_dense(key), self._value_dense(value)
 
-    def _fused_projection(self, inputs, kernels, biases):
-        d = kernels[0].shape[0]
-        flat_kernels = [ops.reshape(k, (d, -1)) for k in kernels]
-        sizes = [k.shape[-1] for k in flat_kernels]
-        flat = ops.reshape(inputs, (-1, d))
-        outputs = ops.matmul(flat, ops.concatenate(flat_kernels, axis=-1))
-        if self.use_bias:
-            outputs = outputs + ops.concatenate(
-                [ops.reshape(b, (-1,)) for b in biases], axis=-1
-            )
-        shape = ops.shape(inputs)
-        # One split, whose gradient is one concatenation (slices would each
-        # back-propagate as a zero-padded copy of the whole output).
-        split_points = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
-        return [
-            ops.reshape(part, (shape[0], shape[1], self.num_heads, kernel.shape[-1]))
-            for part, kernel in zip(ops.split(outputs, split_points, axis=-1), kernels)
-        ]
+    def _project_self_attention(self, x):
+        denses = (self._query_dense, self._key_dense, self._value_dense)
+        dims = {d.kernel.shape[0] for d in denses}
+        if len(dims) == 1 and self._fusable_denses(*denses):
+            return _concatenate_projections(self, x, denses)
+        return [dense(x) for dense in denses]
 
     def compute_cache(self, value, key=None):
         """The `(batch, 2, T, heads, key_dim)` key/value cache of `value`.
@@ -332,13 +399,18 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         self._check_cache_dims()
         k, v = self.project_key_value(value if key is None else key, value)
-        return ops.stack([k, v], axis=1)
+        return ops.stack([k, ops.cast(v, k.dtype)], axis=1)
 
     def _check_cache_dims(self):
         if self.value_dim != self.key_dim:
             raise ValueError(
                 "A key/value cache needs `value_dim == key_dim`. Received: "
                 f"key_dim={self.key_dim}, value_dim={self.value_dim}"
+            )
+        if not self._sequence_inputs:
+            raise ValueError(
+                "A key/value cache needs (batch, length, dim) inputs and the "
+                "default `attention_axes`."
             )
 
     # Call ----------------------------------------------------------------
@@ -352,9 +424,9 @@ class MultiHeadAttention(keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         cache=None,
         cache_update_index=None,
     ):
@@ -363,6 +435,22 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError(
                 "`value` is required, except with a `cache` and no "
                 "`cache_update_index` (keys and values read from the cache)."
+            )
+        if cache is None and cache_update_index is not None:
+            raise ValueError(
+                "`cache_update_index` needs a `cache`. Received: cache=None, "
+                f"cache_update_index={cache_update_index}"
+            )
+        if not self._sequence_inputs:
+            if cache is not None:
+                self._check_cache_dims()
+            # Keras' own computation, through our `_compute_attention`.
+            return super().call(
+                query, value, key=key, query_mask=query_mask,
+                value_mask=value_mask, key_mask=key_mask,
+                attention_mask=attention_mask,
+                return_attention_scores=return_attention_scores,
+                training=training, use_causal_mask=use_causal_mask,
             )
         if key is None:
             key = value
@@ -374,17 +462,35 @@ class MultiHeadAttention(keras.layers.Layer):
             key_mask = None
         elif key_mask is None:
             key_mask = keras_mask(key)
+        # The masks are handled here: hidden from the projection sublayers
+        # (which do not support masking and would warn) during the call,
+        # then given back (Keras' layer drops them from the caller's
+        # tensors, which hides them from the next layer reading them).
+        saved = []
+        for tensor in (query, value, key):
+            if tensor is not None and keras_mask(tensor) is not None:
+                saved.append((tensor, keras_mask(tensor)))
+                set_keras_mask(tensor, None)
+        try:
+            return self._attend(
+                query, value, key, query_mask, value_mask, key_mask,
+                attention_mask, return_attention_scores, training,
+                use_causal_mask, cache, cache_update_index, reuse_cache,
+            )
+        finally:
+            for tensor, mask in saved:
+                set_keras_mask(tensor, mask)
 
+    def _attend(
+        self, query, value, key, query_mask, value_mask, key_mask,
+        attention_mask, return_attention_scores, training, use_causal_mask,
+        cache, cache_update_index, reuse_cache,
+    ):
+        gate = self._gate_dense(query) if self._use_gate else None
         if reuse_cache:
             q = self.project_query(query)
-        elif query is value and key is value and self._fusable:
-            # Self-attention: one matmul against the concatenated kernels
-            # reads the input once instead of three times.
-            q, k, v = self._fused_projection(
-                query,
-                (self.query_kernel, self.key_kernel, self.value_kernel),
-                (self.query_bias, self.key_bias, self.value_bias),
-            )
+        elif query is value and key is value:
+            q, k, v = self._project_self_attention(query)
         else:
             q = self.project_query(query)
             k, v = self.project_key_value(key, value)
@@ -403,7 +509,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 # One in-place dynamic-update-slice of the whole cache
                 # (XLA reuses the loop buffer) rather than two updates and
                 # a re-stack, which copy the cache every step.
-                new_key_value = ops.cast(ops.stack([k, v], axis=1), cache.dtype)
+                new_key_value = ops.stack(
+                    [ops.cast(k, cache.dtype), ops.cast(v, cache.dtype)], axis=1
+                )
                 cache = ops.slice_update(
                     cache, (0, 0, cache_update_index, 0, 0), new_key_value
                 )
@@ -422,13 +530,19 @@ class MultiHeadAttention(keras.layers.Layer):
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
             causal_offset=causal_offset,
+            sliding_window=self._sliding_window,
         )
-        attended, scores = scaled_dot_product_attention(
-            q, ops.cast(k, q.dtype), ops.cast(v, q.dtype), mask,
-            dropout=self.dropout_layer if self.dropout else None,
-            training=training,
+        attended, scores = self._compute_attention(
+            q,
+            ops.cast(k, q.dtype),
+            ops.cast(v, q.dtype),
+            mask,
+            training,
+            return_attention_scores,
         )
-        outputs = self._combine_heads(attended)
+        if gate is not None:
+            attended = attended * ops.cast(gate, attended.dtype)
+        outputs = self._output_dense(attended)
 
         results = (outputs,)
         if cache is not None:
@@ -437,21 +551,82 @@ class MultiHeadAttention(keras.layers.Layer):
             results += (scores,)
         return results[0] if len(results) == 1 else results
 
-    def _combine_heads(self, attended):
-        """`Concat(head_1, ..., head_h) W^O`: `(B, T, h, dv)` to `(B, T, out)`."""
-        h, dv, out = self.output_kernel.shape
-        shape = ops.shape(attended)
-        flat = ops.reshape(attended, (-1, h * dv))
-        outputs = ops.matmul(flat, ops.reshape(self.output_kernel, (h * dv, out)))
-        if self.output_bias is not None:
-            outputs = outputs + self.output_bias
-        return ops.reshape(outputs, (shape[0], shape[1], out))
+    def _use_fused_kernel(self, training, return_attention_scores):
+        if return_attention_scores or (self._dropout > 0 and training):
+            return False
+        if self._flash_attention is not None:
+            return bool(self._flash_attention)
+        return _fused_kernel_by_default()
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        """Scaled dot-product attention of projected `(batch, T, heads,
+        dim)` tensors (or Keras' higher-rank layouts): `(outputs, scores)`,
+        the softmax in float32, fully masked rows finite."""
+        if self._flash_attention and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash "
+                "attention is enabled. Please disable flash attention to access"
+                " attention scores."
+            )
+        mask = attention_mask
+        if mask is not None:
+            mask = ops.cast(mask, "bool")
+        if use_causal_mask:
+            causal = ops.expand_dims(
+                causal_mask(ops.shape(query)[1], ops.shape(key)[1]), 0
+            )
+            mask = causal if mask is None else ops.logical_and(mask, causal)
+        dropout = self._dropout_layer if self._dropout > 0 else None
+        if len(query.shape) == 4:
+            if mask is not None:
+                while len(mask.shape) < 3:
+                    mask = ops.expand_dims(mask, 0)
+            if self._use_fused_kernel(training, return_attention_scores):
+                outputs = _fused_kernel_attention(
+                    query, key, value, mask, self._flash_attention
+                )
+                return outputs, None
+            return scaled_dot_product_attention(
+                query, key, value, mask, dropout=dropout, training=training
+            )
+        # Higher-rank inputs with `attention_axes`: Keras' equations, our
+        # softmax.
+        dtype = query.dtype
+        query = query * ops.cast(1.0 / math.sqrt(self._key_dim), dtype)
+        logits = ops.einsum(self._dot_product_equation, key, query)
+        if mask is not None:
+            axis = -len(self._attention_axes) * 2 - 1
+            while len(mask.shape) < len(logits.shape):
+                mask = ops.expand_dims(mask, axis=axis)
+        rank = len(logits.shape)
+        norm_axes = tuple(range(rank - len(self._attention_axes), rank))
+        logits = ops.cast(logits, "float32")
+        if mask is not None:
+            logits = ops.where(mask, logits, _MASKED_LOGIT)
+        # exp(x - logsumexp(x)): a softmax over several axes (oneDNN's
+        # softmax kernel takes at most rank 5, as Keras' Softmax knows).
+        weights = ops.exp(
+            logits - ops.logsumexp(logits, axis=norm_axes, keepdims=True)
+        )
+        weights = ops.cast(weights, dtype)
+        dropped = weights if dropout is None else dropout(weights, training=training)
+        outputs = ops.einsum(self._combine_equation, dropped, value)
+        return outputs, weights
 
     # Shapes and config ---------------------------------------------------
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
-        out = self._output_shape or query_shape[-1]
-        return tuple(query_shape[:-1]) + (out,)
+        value_shape = query_shape if value_shape is None else value_shape
+        return super().compute_output_shape(query_shape, value_shape, key_shape)
 
     def compute_output_spec(
         self,
@@ -462,14 +637,25 @@ class MultiHeadAttention(keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         cache=None,
         cache_update_index=None,
     ):
+        if len(query.shape) != 3:
+            # Keras' higher-rank layouts: trace the call for the shapes.
+            return _trace_output_spec(
+                self.call, query, value, key=key,
+                attention_mask=attention_mask,
+                return_attention_scores=return_attention_scores,
+                use_causal_mask=use_causal_mask,
+            )
+        value_shape = query.shape if value is None else value.shape
+        key_shape = None if key is None else key.shape
         outputs = keras.KerasTensor(
-            self.compute_output_shape(query.shape), dtype=self.compute_dtype
+            self.compute_output_shape(query.shape, value_shape, key_shape),
+            dtype=self.compute_dtype,
         )
         results = (outputs,)
         key_length = None if value is None else value.shape[1]
@@ -487,33 +673,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "key_dim": self.key_dim,
-                "value_dim": self.value_dim,
-                "dropout": self.dropout,
-                "use_bias": self.use_bias,
-                "output_shape": self._output_shape,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(
-                    self.bias_regularizer
-                ),
-                "kernel_constraint": keras.constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(
-                    self.bias_constraint
-                ),
-                "seed": self.seed,
-            }
-        )
+        # Quantized sublayers are rebuilt quantized by `load_model` only if
+        # the config says so: a dtype policy map keyed by their paths.
+        config["dtype"] = dtype_policy_config(self)
         return config

@@ -145,10 +145,15 @@ class TransformerDecoderBlock(BlockBase):
                 use_causal_mask=use_causal_mask,
                 cache=self_attention_cache,
                 cache_update_index=cache_update_index,
-                return_attention_scores=True,
+                # Scores only when asked: without them the attention may
+                # run a fused (flash) kernel.
+                return_attention_scores=return_attention_scores,
                 training=training,
             )
-            scores["self_attention"] = results[-1]
+            if not isinstance(results, tuple):
+                results = (results,)
+            if return_attention_scores:
+                scores["self_attention"] = results[-1]
             return results[0], (results[1] if caching else None)
 
         x, new_self_cache = self._residual(
@@ -173,10 +178,13 @@ class TransformerDecoderBlock(BlockBase):
                     query_mask=decoder_padding_mask,
                     value_mask=encoder_padding_mask,
                     cache=new_cross_cache,
-                    return_attention_scores=True,
+                    return_attention_scores=return_attention_scores,
                     training=training,
                 )
-                scores["cross_attention"] = results[-1]
+                if not isinstance(results, tuple):
+                    results = (results,)
+                if return_attention_scores:
+                    scores["cross_attention"] = results[-1]
                 return results[0], None
 
             x, _ = self._residual(

@@ -77,15 +77,18 @@ class TransformerEncoderBlock(BlockBase):
         padding_mask = padding_mask_or_keras_mask(padding_mask, inputs)
 
         def attend(x):
-            return self.self_attention(
+            # Scores only when asked: without them the attention may run a
+            # fused (flash) kernel.
+            results = self.self_attention(
                 x,
                 x,
                 query_mask=padding_mask,
                 value_mask=padding_mask,
                 attention_mask=attention_mask,
-                return_attention_scores=True,
+                return_attention_scores=return_attention_scores,
                 training=training,
             )
+            return results if return_attention_scores else (results, None)
 
         x, scores = self._residual(
             inputs,

@@ -4,12 +4,14 @@ import keras
 
 from keras_xformer.layers._checks import check_positive_int
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
+from keras_xformer.layers._quantization import dtype_policy_config
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
 
 @_register
-class PositionwiseFeedForward(keras.layers.Layer):
+class PositionwiseFeedForward(LoraMixin, keras.layers.Layer):
     """`FFN(x) = max(0, x W_1 + b_1) W_2 + b_2`, applied at every position.
 
     Args:
@@ -87,4 +89,5 @@ class PositionwiseFeedForward(keras.layers.Layer):
                 ),
             }
         )
+        config["dtype"] = dtype_policy_config(self)
         return config

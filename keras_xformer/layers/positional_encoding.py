@@ -4,9 +4,13 @@ import math
 
 import keras
 from keras import ops
+from keras import quantizers
+from keras.src.quantizers.quantizers import dequantize_with_sz_map
 
 from keras_xformer.layers._dropout import Dropout
+from keras_xformer.layers._lora import LoraMixin
 from keras_xformer.layers._masking import sequence_mask_from_ids
+from keras_xformer.layers._quantization import dtype_policy_config
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
@@ -191,7 +195,7 @@ class LearnedPositionalEncoding(keras.layers.Layer):
 
 
 @_register
-class TokenAndPositionEmbedding(keras.layers.Layer):
+class TokenAndPositionEmbedding(LoraMixin, keras.layers.Layer):
     """Token embedding, scaled by `sqrt(embedding_dim)`, plus positions.
 
     Id 0 is padding: with `mask_zero=True` (default) the output carries a
@@ -287,6 +291,56 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         """The `(vocabulary_size, embedding_dim)` token matrix."""
         return self.token_embedding.embeddings
 
+    def reverse(self, inputs):
+        """`inputs @ embeddings^T`: logits over the vocabulary from the token
+        matrix (tied output embeddings, section 3.4), `(batch, T, dim)` to
+        `(batch, T, vocabulary_size)` in the inputs' dtype. Reads an int8 /
+        int4 quantized table as it is and rescales the `vocabulary_size`
+        logits, rather than dequantizing the whole table every call."""
+        layer = self.token_embedding
+        mode = layer.quantization_mode
+        dtype = inputs.dtype
+        if mode is None:
+            table = ops.cast(layer.embeddings, dtype)
+            return ops.matmul(inputs, ops.transpose(table))
+        if mode not in ("int8", "int4"):
+            raise ValueError(
+                f"Tied output embeddings support int8 and int4 quantization; "
+                f"this embedding is quantized as {mode!r}. Leave it out with "
+                "`model.quantize(mode, filters=...)`."
+            )
+        table = layer._embeddings
+        if mode == "int4":
+            table = quantizers.unpack_int4(table, layer._orig_output_dim, axis=-1)
+            if getattr(layer, "_int4_block_size", None) not in (None, -1):
+                # Grouped scales and zero points along the width: the
+                # table is dequantized as Keras' own lookup does per row.
+                table = dequantize_with_sz_map(
+                    ops.cast(table, dtype),
+                    layer.embeddings_scale,
+                    layer.embeddings_zero,
+                    layer.g_idx,
+                    group_axis=-1,
+                )
+                return ops.matmul(inputs, ops.transpose(ops.cast(table, dtype))) + (
+                    self._lora_logits(inputs) if layer.lora_enabled else 0
+                )
+        # Row v of the float table is table[v] / scale[v]: the scale
+        # divides logit v.
+        logits = ops.matmul(inputs, ops.transpose(ops.cast(table, dtype)))
+        logits = logits / ops.cast(layer.embeddings_scale, dtype)
+        if layer.lora_enabled:
+            logits = logits + self._lora_logits(inputs)
+        return logits
+
+    def _lora_logits(self, inputs):
+        layer, dtype = self.token_embedding, inputs.dtype
+        adapter = ops.matmul(
+            ops.matmul(inputs, ops.transpose(ops.cast(layer.lora_embeddings_b, dtype))),
+            ops.transpose(ops.cast(layer.lora_embeddings_a, dtype)),
+        )
+        return ops.cast(layer.lora_alpha / layer.lora_rank, dtype) * adapter
+
     def build(self, input_shape):
         self.token_embedding.build(input_shape)
         self.position_encoding.build(
@@ -324,6 +378,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 ),
             }
         )
+        config["dtype"] = dtype_policy_config(self)
         return config
 
 

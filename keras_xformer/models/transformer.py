@@ -9,7 +9,10 @@ from keras_xformer.distribute import MultiWorkerFitMixin
 from keras_xformer.layers import TokenAndPositionEmbedding
 from keras_xformer.layers import TransformerDecoder
 from keras_xformer.layers import TransformerEncoder
+from keras_xformer.layers._lora import enable_lora as _enable_lora
+from keras_xformer.layers._lora import restore_pending_lora
 from keras_xformer.layers._masking import sequence_mask_from_ids
+from keras_xformer.layers._quantization import dtype_policy_config
 
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 
@@ -202,8 +205,8 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
         if self.output_projection is not None:
             logits = self.output_projection(decoder_outputs)
         else:
-            embeddings = ops.cast(self.target_embedding.embeddings, decoder_outputs.dtype)
-            logits = ops.matmul(decoder_outputs, ops.transpose(embeddings))
+            # `reverse` also reads a quantized or LoRA-adapted matrix.
+            logits = self.target_embedding.reverse(decoder_outputs)
         # The softmax and loss run in float32 under mixed precision.
         return ops.cast(logits, "float32")
 
@@ -316,6 +319,70 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
             jit_compile=jit_compile,
         )
 
+    # Quantization and LoRA ---------------------------------------------------
+
+    def enable_lora(self, rank, lora_alpha=None, target_layer_names=None):
+        """Parameter-efficient fine-tuning (LoRA, Hu et al. 2021): freezes
+        every weight and adds rank-`rank` adapters `W + (alpha / r) A B` to
+        the attention projections, the feed-forward matrices and the token
+        embeddings (as keras-hub's `Backbone.enable_lora`, with more
+        targets by default). Saved with `model.save`, the kernels hold the
+        merged weights and the reloaded model gets fresh adapters, frozen
+        the same way.
+
+        Args:
+            rank: the adapters' rank `r`.
+            lora_alpha: scale numerator; default `rank`.
+            target_layer_names: sublayer names to adapt; default `query`,
+                `key`, `value`, `attention_output`, `inner`, `output`,
+                `token_embedding`, `output_projection`.
+
+        Returns:
+            The sublayers that got adapters.
+
+        Example:
+
+        >>> model = Transformer.from_preset("tiny", source_vocabulary_size=50,
+        ...     target_vocabulary_size=50)
+        >>> model.build()
+        >>> _ = model.enable_lora(4)
+        >>> trainable = sum(int(v.numpy().size) for v in model.trainable_variables)
+        >>> trainable < model.count_params() // 10
+        True
+        """
+        if not self.built:
+            self.build()
+        chosen = _enable_lora(self, rank, lora_alpha, target_layer_names)
+        self._lora_config = {
+            "lora_rank": rank,
+            "lora_alpha": lora_alpha,
+            "lora_target_layer_names": list(target_layer_names)
+            if target_layer_names
+            else None,
+        }
+        self._forget_compiled_functions()
+        return chosen
+
+    def _post_quantize(self, mode, **kwargs):
+        super()._post_quantize(mode, **kwargs)
+        self._forget_compiled_functions()
+
+    def _forget_compiled_functions(self):
+        # `generate` keeps one traced function per model; traced before
+        # `quantize` or `enable_lora`, it would run the old weights.
+        from keras_xformer.decoding import search
+
+        getattr(search, "_COMPILED", {}).pop(self, None)
+        self.train_function = self.test_function = self.predict_function = None
+
+    def load_own_variables(self, store):
+        # Adapters recorded in the config come back before the sublayers
+        # read their (merged) kernels.
+        if not self.built:
+            self.build()
+        restore_pending_lora(self)
+        super().load_own_variables(store)
+
     # Config -----------------------------------------------------------------
 
     def get_config(self):
@@ -338,8 +405,17 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
                 "end_token_id": self.end_token_id,
             }
         )
+        # Quantized sublayers come back quantized (a dtype policy map).
+        config["dtype"] = dtype_policy_config(self)
+        config.update(getattr(self, "_lora_config", None) or {})
         return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(**copy.deepcopy(config))
+        config = copy.deepcopy(config)
+        lora = {k: config.pop(k) for k in ("lora_rank", "lora_alpha",
+                                           "lora_target_layer_names") if k in config}
+        model = cls(**config)
+        if lora:
+            model._pending_lora = lora
+        return model

@@ -7,6 +7,11 @@ from keras_xformer.layers import MultiHeadAttention
 from tests.helpers import LayerTestCase
 from tests.helpers import random_inputs
 
+
+def to_numpy(x):
+    # `np.asarray` fails on PyTorch tensors that require grad.
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
 B, T, D, H = 2, 6, 16, 4
 PADDING = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
 
@@ -64,13 +69,13 @@ class MultiHeadAttentionTest(LayerTestCase):
         for kwargs in cases:
             a, sa = ours(**kwargs, return_attention_scores=True)
             b, sb = theirs(**kwargs, return_attention_scores=True)
-            np.testing.assert_allclose(a, b, atol=1e-5)
-            np.testing.assert_allclose(sa, sb, atol=1e-6)
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-5)
+            np.testing.assert_allclose(to_numpy(sa), to_numpy(sb), atol=1e-6)
         # Padded query rows are garbage either way; real rows agree.
         a = ours(x, x, query_mask=PADDING, value_mask=PADDING)
         b = theirs(x, x, query_mask=PADDING, value_mask=PADDING)
         np.testing.assert_allclose(
-            np.asarray(a)[PADDING], np.asarray(b)[PADDING], atol=1e-5
+            to_numpy(a)[PADDING], to_numpy(b)[PADDING], atol=1e-5
         )
 
     def test_drop_in_for_keras_functional_graph(self):
@@ -100,12 +105,12 @@ class MultiHeadAttentionTest(LayerTestCase):
     def test_causal_mask_hides_the_future(self):
         layer = MultiHeadAttention(H, 4)
         x = random_inputs(B, T, D)
-        base = np.asarray(layer(x, x, use_causal_mask=True))
+        base = to_numpy(layer(x, x, use_causal_mask=True))
         for t in range(T - 1):
             changed = x.copy()
             changed[:, t + 1 :] = random_inputs(B, T - t - 1, D)
-            out = np.asarray(layer(changed, changed, use_causal_mask=True))
-            np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5)
+            out = to_numpy(layer(changed, changed, use_causal_mask=True))
+            np.testing.assert_allclose(to_numpy(out[:, : t + 1]), to_numpy(base[:, : t + 1]), atol=1e-5)
             self.assertGreater(np.abs(out[:, t + 1 :] - base[:, t + 1 :]).max(), 1e-3)
 
     def test_padding_is_invisible(self):
@@ -116,8 +121,8 @@ class MultiHeadAttentionTest(LayerTestCase):
         changed = y.copy()
         changed[~PADDING] = 100.0 * random_inputs(int((~PADDING).sum()), D)
         out2 = layer(x, changed, value_mask=PADDING)
-        np.testing.assert_allclose(out, out2, atol=1e-5)
-        scores = np.asarray(scores)
+        np.testing.assert_allclose(to_numpy(out), to_numpy(out2), atol=1e-5)
+        scores = to_numpy(scores)
         np.testing.assert_array_equal(scores[0, :, :, 4:], 0.0)
         np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)
 
@@ -133,7 +138,7 @@ class MultiHeadAttentionTest(LayerTestCase):
         layer = model.layers[-1]
         emb = model.layers[1](tokens)
         explicit = layer(emb, emb, query_mask=tokens != 0, value_mask=tokens != 0)
-        np.testing.assert_allclose(base, explicit, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(base), to_numpy(explicit), atol=1e-6)
         del changed
 
     def test_fully_masked_rows_are_finite_in_every_dtype(self):
@@ -157,30 +162,30 @@ class MultiHeadAttentionTest(LayerTestCase):
         mask[0, -3:] = False
         self.assert_half_precision_agrees(
             lambda dtype: MultiHeadAttention(H, 4, dtype=dtype),
-            lambda layer: layer(x, x, use_causal_mask=True),
+            lambda layer: to_numpy(layer(x, x, use_causal_mask=True)),
         )
         self.assert_half_precision_agrees(
             lambda dtype: MultiHeadAttention(H, 4, dtype=dtype),
-            lambda layer: layer(x, y, value_mask=mask),
+            lambda layer: to_numpy(layer(x, y, value_mask=mask)),
         )
 
     def test_cache_decoding_equals_full_causal_pass(self):
         layer = MultiHeadAttention(H, 4)
         x = random_inputs(B, T, D)
-        full = np.asarray(layer(x, x, use_causal_mask=True))
+        full = to_numpy(layer(x, x, use_causal_mask=True))
         cache = np.zeros((B, 2, T, H, 4), "float32")
         for t in range(T):
             step = x[:, t : t + 1]
             out, cache = layer(step, step, use_causal_mask=True, cache=cache,
                                cache_update_index=t)
-            np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5)
+            np.testing.assert_allclose(to_numpy(out[:, 0]), to_numpy(full[:, t]), atol=1e-5)
         # Two tokens at a time, with a tensor index, give the same.
         cache = np.zeros((B, 2, T, H, 4), "float32")
         for t in range(0, T, 2):
             step = x[:, t : t + 2]
             out, cache = layer(step, step, use_causal_mask=True, cache=cache,
                                cache_update_index=ops.convert_to_tensor(t))
-            np.testing.assert_allclose(out, full[:, t : t + 2], atol=1e-5)
+            np.testing.assert_allclose(to_numpy(out), to_numpy(full[:, t : t + 2]), atol=1e-5)
 
     def test_cross_attention_cache_is_reused(self):
         layer = MultiHeadAttention(H, 4)
@@ -190,8 +195,8 @@ class MultiHeadAttentionTest(LayerTestCase):
         full = layer(x, memory, value_mask=memory_mask)
         cache = layer.compute_cache(memory)
         out, same_cache = layer(x, None, value_mask=memory_mask, cache=cache)
-        np.testing.assert_allclose(out, full, atol=1e-5)
-        np.testing.assert_array_equal(same_cache, cache)
+        np.testing.assert_allclose(to_numpy(out), to_numpy(full), atol=1e-5)
+        np.testing.assert_array_equal(to_numpy(same_cache), to_numpy(cache))
 
     def test_fit_with_xla(self):
         q = keras.Input((T, D))
@@ -213,7 +218,7 @@ class MultiHeadAttentionTest(LayerTestCase):
         with pytest.raises(ValueError, match="value_mask"):
             layer(x, x, value_mask=np.ones((B, T + 2), bool))
         with pytest.raises(ValueError, match="attention_mask"):
-            layer(x, x, attention_mask=np.ones((T, T), bool))
+            layer(x, x, attention_mask=np.ones((B, 1, 1, T, T), bool))
         with pytest.raises(ValueError, match="value_dim == key_dim"):
             MultiHeadAttention(H, 4, value_dim=2).compute_cache(x)
         with pytest.raises(ValueError, match="batch, length, dim"):
