@@ -3,6 +3,7 @@ import numpy as np
 from keras_xformer.data import choose_length
 from keras_xformer.data import encode_source
 from keras_xformer.data import encode_target
+from keras_xformer.data import bucket_batch_sizes
 from keras_xformer.data import make_dataset
 from keras_xformer.text import WordPieceTokenizer
 
@@ -62,3 +63,20 @@ def test_bucketing_yields_the_same_examples_as_plain_padding():
     assert examples(plain) == examples(bucketed)
     widths = [int(target_out.shape[1]) for _, target_out in bucketed]
     assert min(widths) < 13  # short batches are not padded to the longest sentence
+
+
+def test_token_batches_hold_about_the_same_number_of_tokens():
+    rng = np.random.default_rng(1)
+    words = "one two three four five six seven eight nine ten".split()
+    sources = [" ".join(rng.choice(words, rng.integers(1, 30))) for _ in range(300)]
+    tok = WordPieceTokenizer.train(sources, 50)
+    dataset = make_dataset(sources, sources, tok, tok, 32, 32, shuffle=False,
+                           bucket_boundaries=[4, 8, 16], tokens_per_batch=128)
+    seen = 0
+    for (source, target_in), target_out in dataset:
+        seen += int(source.shape[0])
+        # A bucket's batch size is tokens_per_batch // its upper bound.
+        assert source.shape[0] * target_out.shape[1] <= 128 + 16
+    assert seen == 300
+    assert bucket_batch_sizes([4, 8, 16], 32, 64, 128) == [32, 16, 8, 3]
+    assert bucket_batch_sizes([4, 8], 32, 64) == [64, 64, 64]
