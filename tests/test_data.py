@@ -80,3 +80,32 @@ def test_token_batches_hold_about_the_same_number_of_tokens():
     assert seen == 300
     assert bucket_batch_sizes([4, 8, 16], 32, 64, 128) == [32, 16, 8, 3]
     assert bucket_batch_sizes([4, 8], 32, 64) == [64, 64, 64]
+
+
+def test_streamed_corpus_splits_by_hash_and_batches_by_tokens(tmp_path):
+    from keras_xformer.data import make_stream_dataset
+    from keras_xformer.data import sample_texts
+    from keras_xformer.data import stream_pairs
+
+    words = "one two three four five six seven eight nine ten".split()
+    rng = np.random.default_rng(2)
+    lines = [" ".join(rng.choice(words, rng.integers(1, 9))) + f" {i}" for i in range(400)]
+    path = tmp_path / "big.tsv"
+    path.write_text("".join(f"{s}\t{s.upper()}\textra\n" for s in lines) + "\n",
+                    encoding="utf-8")
+    splits = {name: [(s.numpy().decode(), t.numpy().decode())
+                     for s, t in stream_pairs(str(path), name)]
+              for name in ("train", "validation", "test")}
+    found = sorted(p for pairs in splits.values() for p in pairs)
+    assert found == sorted((s, s.upper()) for s in lines)  # each line once, third column dropped
+    assert 5 <= len(splits["test"]) <= 45 and 5 <= len(splits["validation"]) <= 45
+    sources, targets = sample_texts(str(path), 100)
+    assert len(sources) == 100 and targets[0] == sources[0].upper()
+    tok = WordPieceTokenizer.train(sources + targets + lines, 100, lower_case=False)
+    data = make_stream_dataset(stream_pairs(str(path)), tok, tok, 12, 12,
+                               tokens_per_batch=96, shuffle_buffer=50)
+    seen = 0
+    for (source, target_in), target_out in data:
+        assert source.shape[0] * target_out.shape[1] <= 96 + 12
+        seen += int(source.shape[0])
+    assert 0 < seen <= len(splits["train"])
