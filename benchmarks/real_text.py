@@ -195,6 +195,7 @@ def latency(folder, repeats=30):
     longest = pipeline.choose_lengths(source, target, train, percentile=100.0)[:2]
     trained = (metrics["source_length"], metrics["target_length"])
     sentences = [s for s in held_out()[0] if len(s.split()) == 6][:8]
+    sentences = sentences or ["Open the file in a new window"]
     result = {}
     for name, (s, t) in (("percentile", trained), ("longest", longest)):
         path = os.path.join("/tmp", f"kx_latency_{name}")

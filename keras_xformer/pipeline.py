@@ -36,6 +36,8 @@ ARTEFACTS = (
     "source_vocab.txt",
     "target_vocab.txt",
     "tokenizer.json",
+    "source.spm",
+    "target.spm",
     "metrics.json",
     "attention.png",
     "serving",
