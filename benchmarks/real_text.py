@@ -2,6 +2,7 @@
 
     python benchmarks/build_corpus.py --out /work/corpus       # the corpus (once)
     python benchmarks/real_text.py run NAME [xformer train flags...]
+    python benchmarks/real_text.py score NAME                  # held-out scores of runs/NAME
     python benchmarks/real_text.py keras_hub --minutes 10
     python benchmarks/real_text.py latency FOLDER
     python benchmarks/real_text.py table                       # RESULTS.md rows
@@ -61,12 +62,18 @@ def run(name, flags):
     print(" ".join(command), flush=True)
     start = time.time()
     subprocess.run(command, check=True, cwd=ROOT)
-    wall = time.time() - start
+    return score(name, flags, time.time() - start)
+
+
+def score(name, flags=(), wall=None):
+    """Held-out scores of a trained folder, beam 4 and greedy."""
     from keras_xformer import pipeline
+
+    out = os.path.join(corpus_dir(), "runs", name)
 
     model, source, target, metrics = pipeline.load_translator(out)
     sources, references = held_out()
-    result = {"flags": flags, "wall_seconds": wall, "epochs": metrics.get("epochs"),
+    result = {"flags": list(flags), "wall_seconds": wall, "epochs": metrics.get("epochs"),
               "train_seconds": metrics.get("train_seconds"), "preset": metrics.get("preset"),
               "parameters": metrics.get("parameters"), "tokenizer": metrics.get("tokenizer"),
               "weights": metrics.get("weights"),
@@ -238,13 +245,15 @@ def table():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["run", "keras_hub", "latency", "table"])
+    parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table"])
     parser.add_argument("name", nargs="?")
     parser.add_argument("--minutes", type=float, default=10.0)
     args, rest = parser.parse_known_args(argv)
     sys.path.insert(0, ROOT)
     if args.mode == "run":
         return run(args.name, rest)
+    if args.mode == "score":
+        return score(args.name, rest)
     if args.mode == "keras_hub":
         return keras_hub_baseline(args.minutes)
     if args.mode == "latency":
