@@ -104,12 +104,12 @@ def test_trains_on_a_users_tsv_corpus_including_anki_files_mixed_float16(tmp_pat
     assert 5 <= validation_count <= 40 and 5 <= test_count <= 40
     # Users' text keeps its case: one joint cased vocabulary, shared and
     # tied embeddings, beam 4, cased BLEU and chrF.
-    assert "joint word pieces (cased)" in result.stdout
+    assert "joint sentence pieces (cased)" in result.stdout
     assert "shared and tied embeddings" in result.stdout
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["test_pairs"] == test_count and metrics["decoding"] == "beam 4"
     assert metrics["train_pairs"] <= train_count and 0 <= metrics["chrf"] <= 100
-    assert metrics["tokenizer"] == {"kind": "wordpiece", "joint": True, "lower_case": False}
+    assert metrics["tokenizer"] == {"kind": "sentencepiece", "joint": True, "lower_case": False}
     assert metrics["precision"] == "mixed_float16"
     assert_finite_history(metrics, epochs=1)
 
