@@ -3,6 +3,7 @@ import numpy as np
 from keras_xformer.data import choose_length
 from keras_xformer.data import encode_source
 from keras_xformer.data import encode_target
+from keras_xformer.data import bucket_batch_sizes
 from keras_xformer.data import make_dataset
 from keras_xformer.text import WordPieceTokenizer
 
@@ -62,3 +63,49 @@ def test_bucketing_yields_the_same_examples_as_plain_padding():
     assert examples(plain) == examples(bucketed)
     widths = [int(target_out.shape[1]) for _, target_out in bucketed]
     assert min(widths) < 13  # short batches are not padded to the longest sentence
+
+
+def test_token_batches_hold_about_the_same_number_of_tokens():
+    rng = np.random.default_rng(1)
+    words = "one two three four five six seven eight nine ten".split()
+    sources = [" ".join(rng.choice(words, rng.integers(1, 30))) for _ in range(300)]
+    tok = WordPieceTokenizer.train(sources, 50)
+    dataset = make_dataset(sources, sources, tok, tok, 32, 32, shuffle=False,
+                           bucket_boundaries=[4, 8, 16], tokens_per_batch=128)
+    seen = 0
+    for (source, target_in), target_out in dataset:
+        seen += int(source.shape[0])
+        # A bucket's batch size is tokens_per_batch // its upper bound.
+        assert source.shape[0] * target_out.shape[1] <= 128 + 16
+    assert seen == 300
+    assert bucket_batch_sizes([4, 8, 16], 32, 64, 128) == [32, 16, 8, 3]
+    assert bucket_batch_sizes([4, 8], 32, 64) == [64, 64, 64]
+
+
+def test_streamed_corpus_splits_by_hash_and_batches_by_tokens(tmp_path):
+    from keras_xformer.data import make_stream_dataset
+    from keras_xformer.data import sample_texts
+    from keras_xformer.data import stream_pairs
+
+    words = "one two three four five six seven eight nine ten".split()
+    rng = np.random.default_rng(2)
+    lines = [" ".join(rng.choice(words, rng.integers(1, 9))) + f" {i}" for i in range(400)]
+    path = tmp_path / "big.tsv"
+    path.write_text("".join(f"{s}\t{s.upper()}\textra\n" for s in lines) + "\n",
+                    encoding="utf-8")
+    splits = {name: [(s.numpy().decode(), t.numpy().decode())
+                     for s, t in stream_pairs(str(path), name)]
+              for name in ("train", "validation", "test")}
+    found = sorted(p for pairs in splits.values() for p in pairs)
+    assert found == sorted((s, s.upper()) for s in lines)  # each line once, third column dropped
+    assert 5 <= len(splits["test"]) <= 45 and 5 <= len(splits["validation"]) <= 45
+    sources, targets = sample_texts(str(path), 100)
+    assert len(sources) == 100 and targets[0] == sources[0].upper()
+    tok = WordPieceTokenizer.train(sources + targets + lines, 100, lower_case=False)
+    data = make_stream_dataset(stream_pairs(str(path)), tok, tok, 12, 12,
+                               tokens_per_batch=96, shuffle_buffer=50)
+    seen = 0
+    for (source, target_in), target_out in data:
+        assert source.shape[0] * target_out.shape[1] <= 96 + 12
+        seen += int(source.shape[0])
+    assert 0 < seen <= len(splits["train"])

@@ -2,6 +2,7 @@
 
 import os
 import random
+import zlib
 
 
 def _read_pairs(path):
@@ -42,6 +43,7 @@ def load_tsv(
     test_fraction=0.05,
     seed=0,
     max_pairs=None,
+    split="shuffle",
 ):
     """Loads a parallel corpus from a tab-separated file.
 
@@ -53,6 +55,13 @@ def load_tsv(
     validation first, test next, training the rest. Each split gets at least
     one pair when its fraction is above 0.
 
+    With `split="hash"` each pair's split is decided by a stable hash of
+    its source text (crc32): the same line lands in the same split whatever
+    else the file holds, so adding data never moves a test pair into
+    training, and repeated source texts never straddle two splits. The
+    split sizes are then close to, not exactly, the fractions; the training
+    pairs keep the file's order, shuffled with `seed`.
+
     Args:
         path: the file.
         validation_fraction: share of pairs for validation, in [0, 1).
@@ -60,6 +69,8 @@ def load_tsv(
         seed: seed of the shuffle.
         max_pairs: keep at most this many pairs (a random sample of the
             file), or None for all.
+        split: `"shuffle"` (shuffle, then cut) or `"hash"` (by a stable
+            hash of the source text).
 
     Returns:
         `(train, validation, test)`, each a tuple
@@ -105,7 +116,11 @@ def load_tsv(
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not a TSV file.")
 
+    if split not in ("shuffle", "hash"):
+        raise ValueError(f'`split` must be "shuffle" or "hash". Received: split={split!r}')
     pairs = _read_pairs(path)
+    if split == "hash":
+        return _hash_split(path, pairs, validation_fraction, test_fraction, seed, max_pairs)
     random.Random(seed).shuffle(pairs)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
@@ -132,3 +147,18 @@ def load_tsv(
     test = unzip(pairs[validation_size : validation_size + test_size])
     train = unzip(pairs[validation_size + test_size :])
     return train, validation, test
+
+
+def _hash_split(path, pairs, validation_fraction, test_fraction, seed, max_pairs):
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    splits = ([], [], [])
+    for source, target in pairs:
+        bucket = (zlib.crc32(source.encode("utf-8")) % 10000) / 10000
+        index = 1 if bucket < validation_fraction else (
+            2 if bucket < validation_fraction + test_fraction else 0)
+        splits[index].append((source, target))
+    if not splits[0]:
+        raise ValueError(f"{path}: {len(pairs)} pair(s) leave no training split.")
+    random.Random(seed).shuffle(splits[0])
+    return tuple(([s for s, _ in chunk], [t for _, t in chunk]) for chunk in splits)

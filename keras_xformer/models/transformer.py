@@ -21,6 +21,12 @@ PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 PRESETS = {
     "tiny": dict(num_layers=2, hidden_dim=128, num_heads=4,
                  intermediate_dim=512, dropout=0.1),
+    # Between tiny and base, for corpora of tens to hundreds of thousands
+    # of pairs trained in minutes on a CPU (benchmarks/real_text.py).
+    "small": dict(num_layers=3, hidden_dim=256, num_heads=4,
+                  intermediate_dim=1024, dropout=0.1),
+    "medium": dict(num_layers=4, hidden_dim=384, num_heads=6,
+                   intermediate_dim=1536, dropout=0.1),
     "base": dict(num_layers=6, hidden_dim=512, num_heads=8,
                  intermediate_dim=2048, dropout=0.1),
     "big": dict(num_layers=6, hidden_dim=1024, num_heads=16,

@@ -1,5 +1,6 @@
 """Text preprocessing with TensorFlow Text."""
 
+from keras_xformer.text.sentencepiece import SentencePieceTokenizer
 from keras_xformer.text.wordpiece import WordPieceTokenizer
 
-__all__ = ["WordPieceTokenizer"]
+__all__ = ["SentencePieceTokenizer", "WordPieceTokenizer"]

@@ -317,19 +317,7 @@ class WordPieceTokenizer(tf.Module):
         ...                    add_start_end=True).shape
         TensorShape([6])
         """
-        if sequence_length is not None:
-            if int(sequence_length) != sequence_length or sequence_length < 1:
-                raise ValueError(
-                    "`sequence_length` must be a positive integer or None. "
-                    f"Received: sequence_length={sequence_length}"
-                )
-            sequence_length = int(sequence_length)
-            if add_start_end and sequence_length < 2:
-                raise ValueError(
-                    "`sequence_length` must be at least 2 with "
-                    "`add_start_end=True` (room for [START] and [END]). "
-                    f"Received: sequence_length={sequence_length}"
-                )
+        _check_sequence_length(sequence_length, add_start_end)
         strings = _to_string_tensor(strings)
         rank = strings.shape.rank
         if rank is not None and rank > 1:
@@ -367,25 +355,7 @@ class WordPieceTokenizer(tf.Module):
             chosen, pieces.row_splits, validate=False
         ).merge_dims(1, 2)
 
-        if add_start_end:
-            if sequence_length is not None:
-                ids = ids[:, : sequence_length - 2]
-            batch = ids.nrows()
-            ids = tf.concat(
-                [
-                    tf.fill([batch, 1], tf.constant(START_ID, tf.int32)),
-                    ids,
-                    tf.fill([batch, 1], tf.constant(END_ID, tf.int32)),
-                ],
-                axis=1,
-            )
-        if sequence_length is not None:
-            ids = ids.to_tensor(
-                default_value=PAD_ID, shape=[None, sequence_length]
-            )
-        if scalar:
-            ids = ids[0]
-        return ids
+        return _finish_ids(ids, sequence_length, add_start_end, scalar)
 
     def detokenize(self, ids):
         """Turns token ids back into strings.
@@ -409,37 +379,7 @@ class WordPieceTokenizer(tf.Module):
         >>> tokenizer.detokenize(ids).numpy()
         array([b'dix-sept'], dtype=object)
         """
-        if isinstance(ids, tf.RaggedTensor):
-            if ids.shape.rank != 2:
-                raise ValueError(
-                    f"Ragged `ids` must have rank 2. Received shape: {ids.shape}"
-                )
-            ids = ids.to_tensor(default_value=PAD_ID)
-        else:
-            ids = tf.convert_to_tensor(ids)
-        if not ids.dtype.is_integer:
-            raise TypeError(f"`ids` must be integers. Received dtype: {ids.dtype}")
-        ids = tf.cast(ids, tf.int32)
-        rank = ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(
-                "`ids` must have rank 1 or 2 (batch, length). "
-                f"Received shape: {ids.shape}"
-            )
-        scalar = rank == 1
-        if scalar:
-            ids = ids[tf.newaxis]
-
-        size = tf.constant(len(self._tokens), tf.int32)
-        ids = tf.where(tf.logical_and(ids >= 0, ids < size), ids, UNK_ID)
-        before_end = tf.equal(
-            tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1), 0
-        )
-        keep = tf.logical_and(
-            before_end,
-            tf.logical_and(tf.not_equal(ids, PAD_ID), tf.not_equal(ids, START_ID)),
-        )
-        kept = tf.ragged.boolean_mask(ids, keep)
+        kept, scalar = _keep_before_end(ids, len(self._tokens))
         tokens = tf.gather(self._vocabulary_tensor, kept.flat_values)
         continuation = tf.strings.regex_full_match(tokens, "(?s)##.+")
         pieces = tf.where(
@@ -460,6 +400,84 @@ class WordPieceTokenizer(tf.Module):
         return self.tokenize(
             strings, sequence_length=sequence_length, add_start_end=add_start_end
         )
+
+
+def _check_sequence_length(sequence_length, add_start_end):
+    if sequence_length is None:
+        return
+    if int(sequence_length) != sequence_length or sequence_length < 1:
+        raise ValueError(
+            "`sequence_length` must be a positive integer or None. "
+            f"Received: sequence_length={sequence_length}"
+        )
+    if add_start_end and sequence_length < 2:
+        raise ValueError(
+            "`sequence_length` must be at least 2 with "
+            "`add_start_end=True` (room for [START] and [END]). "
+            f"Received: sequence_length={sequence_length}"
+        )
+
+
+def _finish_ids(ids, sequence_length, add_start_end, scalar):
+    """Adds [START]/[END], truncates (keeping [END]) and pads ragged ids;
+    shared by the tokenizers so that they agree on the layout."""
+    _check_sequence_length(sequence_length, add_start_end)
+    if sequence_length is not None:
+        sequence_length = int(sequence_length)
+    if add_start_end:
+        if sequence_length is not None:
+            ids = ids[:, : sequence_length - 2]
+        batch = ids.nrows()
+        ids = tf.concat(
+            [
+                tf.fill([batch, 1], tf.constant(START_ID, tf.int32)),
+                ids,
+                tf.fill([batch, 1], tf.constant(END_ID, tf.int32)),
+            ],
+            axis=1,
+        )
+    if sequence_length is not None:
+        ids = ids.to_tensor(default_value=PAD_ID, shape=[None, sequence_length])
+    if scalar:
+        ids = ids[0]
+    return ids
+
+
+def _keep_before_end(ids, vocabulary_size):
+    """`(kept, scalar)`: a ragged `(batch, None)` of the ids before the
+    first [END], without [PAD] and [START]; out-of-range ids read as [UNK]."""
+    if isinstance(ids, tf.RaggedTensor):
+        if ids.shape.rank != 2:
+            raise ValueError(
+                f"Ragged `ids` must have rank 2. Received shape: {ids.shape}"
+            )
+        ids = ids.to_tensor(default_value=PAD_ID)
+    else:
+        ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_integer:
+        raise TypeError(f"`ids` must be integers. Received dtype: {ids.dtype}")
+    ids = tf.cast(ids, tf.int32)
+    rank = ids.shape.rank
+    if rank not in (1, 2):
+        raise ValueError(
+            "`ids` must have rank 1 or 2 (batch, length). "
+            f"Received shape: {ids.shape}"
+        )
+    scalar = rank == 1
+    if scalar:
+        ids = ids[tf.newaxis]
+
+    size = tf.constant(vocabulary_size, tf.int32)
+    ids = tf.where(tf.logical_and(ids >= 0, ids < size), ids, UNK_ID)
+    before_end = tf.equal(
+        tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1), 0
+    )
+    keep = tf.logical_and(
+        before_end,
+        tf.logical_and(tf.not_equal(ids, PAD_ID), tf.not_equal(ids, START_ID)),
+    )
+    kept = tf.ragged.boolean_mask(ids, keep)
+    return kept, scalar
 
 
 # ----------------------------------------------------------------------

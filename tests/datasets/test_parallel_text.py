@@ -109,3 +109,20 @@ def test_bad_fractions_and_too_few_pairs(tmp_path):
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="too few"):
         parallel_text.load_tsv(empty)
+
+
+def test_hash_split_is_stable_and_follows_the_source_text(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    expected = write_corpus(path, count=400)
+    train, validation, test = parallel_text.load_tsv(path, split="hash")
+    everything = pairs_of(train) + pairs_of(validation) + pairs_of(test)
+    assert sorted(everything) == sorted(expected)
+    assert 5 <= len(pairs_of(validation)) <= 40 and 5 <= len(pairs_of(test)) <= 40
+    # Adding lines never moves a pair from one split to another.
+    bigger = tmp_path / "bigger.tsv"
+    write_corpus(bigger, count=800)
+    _, validation2, test2 = parallel_text.load_tsv(bigger, split="hash")
+    assert set(pairs_of(test)) <= set(pairs_of(test2))
+    assert set(pairs_of(validation)) <= set(pairs_of(validation2))
+    with pytest.raises(ValueError, match="split"):
+        parallel_text.load_tsv(path, split="random")

@@ -1,0 +1,265 @@
+"""Quality on real text: the own-data recipe, its levers, and keras-hub.
+
+    python benchmarks/build_corpus.py --out /work/corpus       # the corpus (once)
+    python benchmarks/real_text.py run NAME [xformer train flags...]
+    python benchmarks/real_text.py score NAME                  # held-out scores of runs/NAME
+    python benchmarks/real_text.py keras_hub --minutes 10
+    python benchmarks/real_text.py latency FOLDER
+    python benchmarks/real_text.py table                       # RESULTS.md rows
+
+`run` trains with `xformer train --data CORPUS/train.tsv` plus the given
+flags (the defaults are the recipe; a flag turns one lever), then scores the
+held-out `CORPUS/test.tsv` (pairs no run ever sees, split by a stable hash in
+build_corpus.py) with cased sacrebleu BLEU and chrF, beam 4 and greedy.
+Results go to `CORPUS/runs/NAME/` and `CORPUS/runs/results.json`.
+
+`keras_hub` trains keras-hub's `TransformerEncoder`/`TransformerDecoder`
+with `TokenAndPositionEmbedding` and its own `WordPieceTokenizer`
+(vocabularies from `compute_word_piece_vocabulary`), the same size as our
+`small` preset, in `model.fit` for the same wall time as our default run,
+and scores it on the same held-out pairs with greedy decoding.
+
+`latency` measures the SavedModel's time per sentence for 6-word inputs
+when exported with the trained (percentile) lengths and with the corpus'
+longest lengths, in one process.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def corpus_dir():
+    return os.environ.get("KX_CORPUS", "/work/corpus")
+
+
+def record(name, result):
+    path = os.path.join(corpus_dir(), "runs", "results.json")
+    results = json.load(open(path)) if os.path.exists(path) else {}
+    results[name] = result
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+def held_out():
+    from keras_xformer.datasets import parallel_text
+
+    pairs = parallel_text._read_pairs(os.path.join(corpus_dir(), "test.tsv"))
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
+def run(name, flags):
+    out = os.path.join(corpus_dir(), "runs", name)
+    command = [sys.executable, "-m", "keras_xformer", "train", "--data",
+               os.path.join(corpus_dir(), "train.tsv"), "--out", out, "--overwrite", *flags]
+    print(" ".join(command), flush=True)
+    start = time.time()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return score(name, flags, time.time() - start)
+
+
+def score(name, flags=(), wall=None):
+    """Held-out scores of a trained folder, beam 4 and greedy."""
+    from keras_xformer import pipeline
+
+    out = os.path.join(corpus_dir(), "runs", name)
+
+    model, source, target, metrics = pipeline.load_translator(out)
+    sources, references = held_out()
+    result = {"flags": list(flags), "wall_seconds": wall, "epochs": metrics.get("epochs"),
+              "train_seconds": metrics.get("train_seconds"), "preset": metrics.get("preset"),
+              "parameters": metrics.get("parameters"), "tokenizer": metrics.get("tokenizer"),
+              "weights": metrics.get("weights"),
+              "lengths": [metrics.get("source_length"), metrics.get("target_length")]}
+    for beam in (4, 0):
+        scores, hypotheses = pipeline.evaluate(
+            model, source, target, (sources, references), metrics["source_length"],
+            metrics["target_length"], beam=beam, show=6 if beam else 0,
+            label=f"held-out test.tsv ({name})")
+        result["beam4" if beam else "greedy"] = scores
+        if beam:
+            with open(os.path.join(out, "test_translations.txt"), "w", encoding="utf-8") as f:
+                f.write("\n".join(hypotheses) + "\n")
+    record(name, result)
+    return 0
+
+
+def keras_hub_baseline(minutes, vocabulary_size=4000):
+    """keras-hub's layers and tokenizer, `small` size, trained for `minutes`."""
+    import keras
+    import keras_hub
+    import numpy as np
+    import sacrebleu
+    import tensorflow as tf
+
+    from keras_xformer.datasets import parallel_text
+
+    train, validation, _ = parallel_text.load_tsv(
+        os.path.join(corpus_dir(), "train.tsv"), split="hash")
+    start = time.time()
+    reserved = ["[PAD]", "[UNK]", "[START]", "[END]"]
+    vocabs = [keras_hub.tokenizers.compute_word_piece_vocabulary(
+        tf.data.Dataset.from_tensor_slices(texts).batch(1000), vocabulary_size,
+        reserved_tokens=reserved) for texts in train]
+    source_tok, target_tok = [keras_hub.tokenizers.WordPieceTokenizer(vocabulary=v)
+                              for v in vocabs]
+    length = 64
+    d, heads, ff, layers = 256, 4, 1024, 3
+
+    def encode(source, target):
+        s = source_tok(source)
+        t = target_tok(target)
+        s = tf.concat([s[:, : length - 1], tf.fill([s.nrows(), 1], 3)], 1).to_tensor(
+            shape=[None, length])
+        t = tf.concat([tf.fill([t.nrows(), 1], 2), t[:, : length - 1],
+                       tf.fill([t.nrows(), 1], 3)], 1).to_tensor(shape=[None, length + 1])
+        return (s, t[:, :-1]), t[:, 1:]
+
+    def dataset(pairs, shuffle):
+        data = tf.data.Dataset.from_tensor_slices((list(pairs[0]), list(pairs[1])))
+        if shuffle:
+            data = data.shuffle(len(pairs[0]), seed=0)
+        return data.batch(64).map(encode).prefetch(4)
+
+    def build():
+        src = keras.Input((None,), dtype="int32")
+        tgt = keras.Input((None,), dtype="int32")
+        x = keras_hub.layers.TokenAndPositionEmbedding(len(vocabs[0]), length, d,
+                                                       mask_zero=True)(src)
+        for _ in range(layers):
+            x = keras_hub.layers.TransformerEncoder(ff, heads, dropout=0.1)(x)
+        y = keras_hub.layers.TokenAndPositionEmbedding(len(vocabs[1]), length, d,
+                                                       mask_zero=True)(tgt)
+        for _ in range(layers):
+            y = keras_hub.layers.TransformerDecoder(ff, heads, dropout=0.1)(y, x)
+        return keras.Model([src, tgt], keras.layers.Dense(len(vocabs[1]))(y))
+
+    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
+
+    model = build()
+    model.compile(keras.optimizers.Adam(5e-4), MaskedSparseCategoricalCrossentropy(
+        label_smoothing=0.1))
+
+    class Deadline(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if time.time() - start > minutes * 60:
+                self.model.stop_training = True
+
+    model.fit(dataset(train, True), validation_data=dataset(validation, False), epochs=100,
+              callbacks=[Deadline()], verbose=2)
+    train_seconds = time.time() - start
+    sources, references = held_out()
+
+    @tf.function
+    def step(s, t, i):
+        # Fixed shapes (no retracing): the causal decoder's position i only
+        # sees tokens 0..i of the padded target.
+        logits = tf.gather(model([s, t], training=False), i, axis=1)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    hypotheses = []
+    batches = tf.data.Dataset.from_tensor_slices(sources).batch(256).map(
+        lambda text: encode(text, text)[0][0])
+    for s in batches:
+        batch = int(tf.shape(s)[0])
+        t = np.zeros((batch, length), "int32")
+        t[:, 0] = 2
+        for i in range(length - 1):
+            t[:, i + 1] = step(s, tf.constant(t), tf.constant(i)).numpy()
+        t = tf.constant(t)
+        kept = tf.ragged.boolean_mask(
+            t[:, 1:], tf.cumsum(tf.cast(t[:, 1:] == 3, tf.int32), 1) == 0)
+        hypotheses += [x.decode("utf-8") if isinstance(x, bytes) else str(x)
+                       for x in np.asarray(target_tok.detokenize(kept)).reshape(-1)]
+    result = {"train_seconds": train_seconds, "parameters": model.count_params(),
+              "greedy": {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+                         "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}}
+    for s, h, r in list(zip(sources, hypotheses, references))[:6]:
+        print(f"  {s}  ->  {h}   (expected: {r})")
+    print(json.dumps(result))
+    record("keras_hub_small", result)
+    return 0
+
+
+def latency(folder, repeats=30):
+    """SavedModel ms per 6-word sentence: trained lengths against the longest."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_xformer import pipeline
+    from keras_xformer.export import export_saved_model
+
+    model, source, target, metrics = pipeline.load_translator(folder)
+    train, _, _ = __import__("keras_xformer.datasets.parallel_text", fromlist=["x"]).load_tsv(
+        os.path.join(corpus_dir(), "train.tsv"), split="hash")
+    longest = pipeline.choose_lengths(source, target, train, percentile=100.0)[:2]
+    trained = (metrics["source_length"], metrics["target_length"])
+    sentences = [s for s in held_out()[0] if len(s.split()) == 6][:8]
+    sentences = sentences or ["Open the file in a new window"]
+    result = {}
+    for name, (s, t) in (("percentile", trained), ("longest", longest)):
+        path = os.path.join("/tmp", f"kx_latency_{name}")
+        start = time.perf_counter()
+        export_saved_model(path, model, source, target, s, t)
+        export_seconds = time.perf_counter() - start
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        serve(text=tf.constant(sentences[:1]))  # compile
+        times = []
+        for _ in range(repeats):
+            for sentence in sentences:
+                begin = time.perf_counter()
+                serve(text=tf.constant([sentence]))
+                times.append(time.perf_counter() - begin)
+        result[name] = {"lengths": [int(s), int(t)], "export_seconds": export_seconds,
+                        "ms_per_sentence": 1000 * float(np.median(times))}
+        print(name, result[name], flush=True)
+    result["speedup"] = result["longest"]["ms_per_sentence"] / result["percentile"]["ms_per_sentence"]
+    print(json.dumps(result))
+    record("latency", result)
+    return 0
+
+
+def table():
+    path = os.path.join(corpus_dir(), "runs", "results.json")
+    results = json.load(open(path))
+    print("| run | flags | preset | epochs | train s | BLEU beam 4 | chrF beam 4 | BLEU greedy | chrF greedy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        if "greedy" not in r:
+            continue
+        b = r.get("beam4", {})
+        print(f"| {name} | `{' '.join(r.get('flags', []))}` | {r.get('preset', '')} | "
+              f"{r.get('epochs', '')} | {r.get('train_seconds', 0):.0f} | "
+              f"{b.get('bleu', float('nan')):.2f} | {b.get('chrf', float('nan')):.2f} | "
+              f"{r['greedy']['bleu']:.2f} | {r['greedy']['chrf']:.2f} |")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table"])
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    args, rest = parser.parse_known_args(argv)
+    sys.path.insert(0, ROOT)
+    if args.mode == "run":
+        return run(args.name, rest)
+    if args.mode == "score":
+        return score(args.name, rest)
+    if args.mode == "keras_hub":
+        return keras_hub_baseline(args.minutes)
+    if args.mode == "latency":
+        return latency(args.name)
+    return table()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

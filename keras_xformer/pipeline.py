@@ -1,0 +1,936 @@
+"""The translation pipeline behind `xformer` and `examples/translate_numbers.py`:
+train, evaluate, export and translate, each an importable function.
+
+`run_training(args)` is the whole job (resume, no-overwrite, several workers);
+its pieces are public:
+
+- `load_corpus`, `make_tokenizers`, `choose_lengths`, `build_model`,
+  `fit` (the recipe: warm-up, label smoothing, token batches, early
+  stopping, checkpoint averaging, time budget);
+- `translate_texts`, `evaluate`, `export_all` (SavedModel + TFLite);
+- `load_translator(folder)` reads a trained folder back.
+
+With `--data` (the user's own corpus) the recipe is the one measured on real
+text (benchmarks/real_text.py, benchmarks/RESULTS.md): text keeps its case,
+one joint subword vocabulary with shared and tied embeddings when the two
+sides share an alphabet, sequence lengths from the 99th percentile, batches
+by token count, beam 4 for evaluation. Without it, the embedded number-words
+demo keeps its lower-case, two-vocabulary setup.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ARTEFACTS = (
+    "model.keras",
+    "source_vocab.txt",
+    "target_vocab.txt",
+    "tokenizer.json",
+    "source.spm",
+    "target.spm",
+    "metrics.json",
+    "attention.png",
+    "serving",
+    "translator.tflite",
+    "translator_int8.tflite",
+)
+
+# Model size by training pairs, for --data (measured: benchmarks/RESULTS.md).
+# Between "tiny" (2 layers, width 128) and the paper's "base".
+DATA_PRESETS = ((100000, "tiny"), (500000, "small"), (None, "medium"))
+
+
+def add_training_arguments(parser, own_data=False):
+    """The flags of `xformer train` (own_data=True: --data required, the
+    real-text recipe's defaults) and of examples/translate_numbers.py."""
+    if own_data:
+        parser.add_argument("--data", required=True,
+                            help="your corpus: one source<TAB>target pair per line (UTF-8)")
+    else:
+        parser.add_argument("--pair", default="en-fr", choices=["en-fr", "en-de"],
+                            help="language pair of the embedded number-words corpus")
+        parser.add_argument("--data", help="train on your own TSV corpus (source<TAB>target per line)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: 5 for number words; with --data, "
+                             "until validation stops improving or --time-budget ends)")
+    parser.add_argument("--train-size", type=int, default=None, help="training pairs")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="global batch size (split over devices and workers); with --data, "
+                             "see --batch-tokens")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="with --data: tokens per batch (default 1500)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate of the warm-up schedule (default 2e-3)")
+    parser.add_argument("--vocabulary-size", type=int, default=None,
+                        help="word pieces per vocabulary (default: from the corpus size)")
+    parser.add_argument("--tokenizer", default="auto",
+                        choices=["auto", "wordpiece", "sentencepiece"],
+                        help="with --data: subword tokenizer (auto: sentencepiece, measured better)")
+    parser.add_argument("--joint-vocabulary", default="auto", choices=["auto", "yes", "no"],
+                        help="with --data: one vocabulary and shared, tied embeddings "
+                             "(auto: when both sides share an alphabet)")
+    parser.add_argument("--length-percentile", type=float, default=99.0,
+                        help="with --data: sequence lengths cover this percentile of the "
+                             "training pairs; longer ones are left out of training")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="minutes for the whole run: training stops early enough to "
+                             "evaluate and export within it (default with --data: 12)")
+    parser.add_argument("--average-checkpoints", type=int, default=None,
+                        help="average the weights of the last N epochs (default with --data: 3)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="with --data: stop after this many epochs without a better "
+                             "validation loss (default 3)")
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--beam", type=int, default=None,
+                        help="beam size for the evaluation (0: greedy; default 4 with --data)")
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--preset", default=None,
+                        help="model size: tiny, small, medium, base, big (default: tiny, or "
+                             "from the corpus size with --data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace artefacts already in --out")
+    parser.add_argument("--no-export", action="store_true",
+                        help="skip the SavedModel and TFLite exports")
+    parser.add_argument("--no-tflite", action="store_true",
+                        help="export the SavedModel only")
+    return parser
+
+
+def finish_arguments(parser, args):
+    if args.epochs is not None and args.epochs <= 0:
+        parser.error("--epochs must be positive")
+    if args.train_size is not None and args.train_size <= 0:
+        parser.error("--train-size must be positive")
+    if args.beam is not None and args.beam < 0:
+        parser.error("--beam must be >= 0")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error("--time-budget must be positive (minutes)")
+    if not 50 <= args.length_percentile <= 100:
+        parser.error("--length-percentile must be in [50, 100]")
+    real = bool(args.data)
+    if args.beam is None:
+        args.beam = 4 if real else 0
+    if args.learning_rate is None:
+        args.learning_rate = 2e-3
+    if real:
+        args.batch_tokens = args.batch_tokens or 1500
+        if args.time_budget is None and args.epochs is None:
+            args.time_budget = 12.0
+        if args.average_checkpoints is None:
+            args.average_checkpoints = 3
+        if args.patience is None:
+            args.patience = 3
+    if args.out is None:
+        if args.data:
+            name = os.path.splitext(os.path.basename(args.data))[0]
+            args.out = os.path.join("saved_models", name)
+        else:
+            args.out = os.path.join("saved_models", "numbers_" + args.pair.replace("-", "_"))
+    return args
+
+
+def existing_artefacts(out):
+    return [name for name in ARTEFACTS if os.path.exists(os.path.join(out, name))]
+
+
+# ----------------------------------------------------------------------
+# Corpus, vocabularies, lengths.
+
+
+def load_corpus(args):
+    """`(train, validation, test)` lists of `(sources, targets)`."""
+    from keras_xformer.datasets import number_words
+    from keras_xformer.datasets import parallel_text
+
+    if args.data:
+        train, validation, test = parallel_text.load_tsv(
+            args.data, seed=args.seed, split="hash")
+        if args.train_size:
+            train = (train[0][: args.train_size], train[1][: args.train_size])
+        return train, validation, test
+    train_size = args.train_size or 24000
+    return number_words.load_data(
+        pair=args.pair, train_size=train_size, validation_size=500,
+        test_size=1000, seed=args.seed,
+    )
+
+
+def shares_alphabet(sources, targets, threshold=0.5, sample=20000):
+    """Whether the two sides mostly use the same letters (English and
+    French do; English and Japanese do not): the condition for one joint
+    vocabulary that lets names and identifiers copy through."""
+    def letters(texts):
+        return {c for t in texts[:sample] for c in t if c.isalpha()}
+
+    a, b = letters(sources), letters(targets)
+    if not a or not b:
+        return True
+    return len(a & b) / min(len(a), len(b)) >= threshold
+
+
+def default_vocabulary_size(train_pairs, joint):
+    """Word pieces for a corpus size: about one per 8 training pairs,
+    2000 to 8000 for a joint vocabulary (measured on the catalogs corpus)."""
+    size = train_pairs // 8
+    return int(min(8000, max(2000 if joint else 400, size)))
+
+
+def make_tokenizers(work, train, args):
+    """`(source_tokenizer, target_tokenizer, settings)`: trained on the
+    training split, or reloaded from `work` when resuming (a resumed run
+    must see the ids its checkpoint was trained with)."""
+    from keras_xformer.text import SentencePieceTokenizer
+    from keras_xformer.text import WordPieceTokenizer
+
+    settings_path = os.path.join(work, "tokenizer.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            settings = json.load(f)
+        source, target = load_tokenizers(work, settings)
+        return source, target, settings
+    if args.data:
+        # SentencePiece scored higher on held-out catalog pairs (BLEU 33.8
+        # against 30.7, benchmarks/RESULTS.md) and never gives [UNK]
+        # (byte fallback).
+        kind = "sentencepiece" if args.tokenizer == "auto" else args.tokenizer
+        joint = (shares_alphabet(train[0], train[1]) if args.joint_vocabulary == "auto"
+                 else args.joint_vocabulary == "yes")
+        lower_case = False
+    else:
+        kind, joint, lower_case = "wordpiece", False, True
+    size = args.vocabulary_size or (
+        default_vocabulary_size(len(train[0]), joint) if args.data
+        else int(min(8000, max(400, len(train[0]) // 10))))
+    settings = {"kind": kind, "joint": joint, "lower_case": lower_case}
+
+    def learn(texts):
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer.train(texts, size)
+        return WordPieceTokenizer.train(texts, size, lower_case=lower_case)
+
+    if joint:
+        source = target = learn(list(train[0]) + list(train[1]))
+    else:
+        source, target = learn(train[0]), learn(train[1])
+    save_tokenizers(work, source, target, settings)
+    return source, target, settings
+
+
+def save_tokenizers(folder, source, target, settings):
+    for name, tokenizer in (("source", source), ("target", target)):
+        vocab = os.path.join(folder, f"{name}_vocab.txt")
+        if settings["kind"] == "sentencepiece":
+            tokenizer.save(os.path.join(folder, f"{name}.spm") + ".tmp")
+            os.replace(os.path.join(folder, f"{name}.spm") + ".tmp",
+                       os.path.join(folder, f"{name}.spm"))
+            with open(vocab + ".tmp", "w", encoding="utf-8") as f:
+                f.write("\n".join(tokenizer.vocabulary) + "\n")
+        else:
+            tokenizer.save(vocab + ".tmp")
+        os.replace(vocab + ".tmp", vocab)
+    with open(os.path.join(folder, "tokenizer.json.tmp"), "w") as f:
+        json.dump(settings, f)
+    os.replace(os.path.join(folder, "tokenizer.json.tmp"),
+               os.path.join(folder, "tokenizer.json"))
+
+
+def load_tokenizers(folder, settings=None):
+    """The `(source, target)` tokenizers saved in a trained folder."""
+    from keras_xformer.text import SentencePieceTokenizer
+    from keras_xformer.text import WordPieceTokenizer
+
+    if settings is None:
+        path = os.path.join(folder, "tokenizer.json")
+        settings = {"kind": "wordpiece", "joint": False, "lower_case": True}
+        if os.path.exists(path):  # folders from before tokenizer.json: number words
+            with open(path) as f:
+                settings = json.load(f)
+    result = []
+    for name in ("source", "target"):
+        if settings["kind"] == "sentencepiece":
+            result.append(SentencePieceTokenizer.load(os.path.join(folder, f"{name}.spm")))
+        else:
+            result.append(WordPieceTokenizer.load(os.path.join(folder, f"{name}_vocab.txt"),
+                                                  lower_case=settings["lower_case"]))
+    if settings.get("joint"):
+        result[1] = result[0]
+    return tuple(result)
+
+
+def choose_lengths(source_tokenizer, target_tokenizer, train, percentile=100.0, cap=256):
+    """`(source_length, target_length, keep)`: lengths (with [END]) that
+    cover `percentile`% of the training pairs, and a boolean mask of the
+    pairs that fit both."""
+    import numpy as np
+
+    from keras_xformer.data import token_lengths
+
+    source = token_lengths(source_tokenizer, train[0])
+    target = token_lengths(target_tokenizer, train[1])
+    source_length = min(cap, int(math.ceil(np.percentile(source, percentile))) + 1)
+    target_length = min(cap, int(math.ceil(np.percentile(target, percentile))) + 1)
+    keep = (source < source_length) & (target < target_length)
+    return source_length, target_length, keep, (source, target)
+
+
+# ----------------------------------------------------------------------
+# Training.
+
+
+class TimeBudget:
+    """Stops `fit` at a wall-clock deadline (checked after every step), so
+    that a run still evaluates and exports in time."""
+
+    def __new__(cls, deadline):
+        import keras
+
+        class _TimeBudget(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.deadline = deadline
+                self.stopped_at = None
+
+            def on_train_batch_end(self, batch, logs=None):
+                if time.time() >= self.deadline and not self.model.stop_training:
+                    self.model.stop_training = True
+                    self.stopped_at = batch + 1
+                    print(f"\nTime budget reached after {batch + 1} steps of this epoch: "
+                          "stopping training.", flush=True)
+
+        return _TimeBudget()
+
+
+class AverageLastEpochs:
+    """Keeps the weights of the last `count` epoch ends; `average()` sets
+    the model to their mean (Vaswani et al. average the last 5 or 20
+    checkpoints)."""
+
+    def __new__(cls, count):
+        import keras
+        import numpy as np
+
+        class _Average(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.count = count
+                self.saved = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.saved.append([np.array(w) for w in self.model.get_weights()])
+                self.saved = self.saved[-self.count:]
+
+            def average(self):
+                if len(self.saved) < 2:
+                    return False
+                self.model.set_weights([np.mean(ws, axis=0) for ws in zip(*self.saved)])
+                return True
+
+        return _Average()
+
+
+def build_model(preset, vocabulary_sizes, joint, strategy=None, dropout=0.1):
+    """A `Transformer` of `preset` size; with a joint vocabulary its
+    source and target embeddings are one matrix, also the output projection."""
+    import contextlib
+
+    from keras_xformer.models import Transformer
+
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        model = Transformer.from_preset(
+            preset,
+            source_vocabulary_size=vocabulary_sizes[0],
+            target_vocabulary_size=vocabulary_sizes[1],
+            share_embeddings=bool(joint),
+            tie_output_embeddings=True,
+            dropout=dropout,
+        )
+        model.build()
+    return model
+
+
+def preset_for(train_pairs):
+    for limit, preset in DATA_PRESETS:
+        if limit is None or train_pairs <= limit:
+            return preset
+    return DATA_PRESETS[-1][1]
+
+
+# ----------------------------------------------------------------------
+# Translating and scoring.
+
+
+def _length_classes(lengths, base):
+    """Source widths for batches: `base` for inputs that fit the trained
+    length, else the next multiple of `base` (few widths, few traces)."""
+    return [base * max(1, math.ceil(n / base)) for n in lengths]
+
+
+def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_length,
+                    target_length, beam=4, batch_size=64, length_penalty=0.6):
+    """Translates a list of `str`, never cutting a long input: inputs
+    longer than `source_length` word pieces are encoded at their own width
+    (the sinusoidal positions have no limit) and given up to twice their
+    length to translate; the rest share the trained lengths."""
+    import numpy as np
+
+    from keras_xformer.data import token_lengths
+
+    texts = list(texts)
+    if not texts:
+        return []
+    lengths = token_lengths(source_tokenizer, texts) + 1
+    widths = _length_classes(lengths, source_length)
+    order = sorted(range(len(texts)), key=lambda i: (widths[i], i))
+    outputs = [None] * len(texts)
+    start = 0
+    while start < len(order):
+        width = widths[order[start]]
+        chunk = [i for i in order[start : start + batch_size] if widths[i] == width]
+        start += len(chunk)
+        ids = source_tokenizer.tokenize([texts[i] for i in chunk],
+                                        sequence_length=width + 1, add_start_end=True)[:, 1:]
+        max_length = target_length if width == source_length else 2 * width
+        generated = model.generate(
+            np.asarray(ids), max_length=max_length,
+            method="beam" if beam else "greedy", beam_size=max(beam, 1),
+            length_penalty=length_penalty,
+        )
+        for i, text in zip(chunk, target_tokenizer.detokenize(generated).numpy()):
+            outputs[i] = text.decode("utf-8")
+    return outputs
+
+
+def score(hypotheses, references):
+    """Cased sacrebleu BLEU and chrF (0-100) and exact match (0-1)."""
+    import sacrebleu
+
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "exact_match": sum(h == r for h, r in zip(hypotheses, references)) / max(1, len(references)),
+    }
+
+
+def evaluate(model, source_tokenizer, target_tokenizer, pairs, source_length, target_length,
+             beam=4, show=5, label="Test"):
+    """Scores a model on `(sources, references)` and prints a few translations."""
+    sources, references = pairs
+    start = time.perf_counter()
+    hypotheses = translate_texts(model, source_tokenizer, target_tokenizer, sources,
+                                 source_length, target_length, beam=beam)
+    seconds = time.perf_counter() - start
+    result = score(hypotheses, references)
+    result["ms_per_sentence"] = 1000 * seconds / max(1, len(sources))
+    print(f"\n{label} ({len(references)} pairs, {'beam %d' % beam if beam else 'greedy'}): "
+          f"BLEU {result['bleu']:.2f}, chrF {result['chrf']:.2f}, "
+          f"exact match {result['exact_match']:.3f}, "
+          f"{result['ms_per_sentence']:.1f} ms per sentence")
+    for source, hypothesis, reference in list(zip(sources, hypotheses, references))[:show]:
+        mark = "ok " if hypothesis == reference else "ERR"
+        print(f"  [{mark}] {source}  ->  {hypothesis}"
+              + ("" if mark == "ok " else f"   (expected: {reference})"))
+    return result, hypotheses
+
+
+def plot_attention(model, source_tokenizer, target_tokenizer, source_text,
+                   source_length, max_length, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from keras_xformer.data import encode_source
+
+    source_ids = encode_source(source_tokenizer, [source_text], source_length).numpy()
+    generated = model.generate(source_ids, max_length=max_length)
+    target_ids = np.concatenate([[[model.start_token_id]], generated], axis=1)
+    target_ids = target_ids[:, : int((target_ids != 0).sum())]
+    weights = model.cross_attention_weights(source_ids, target_ids)[-1]
+    weights = np.asarray(weights, "float32")[0].mean(axis=0)  # mean over heads
+    source_tokens = [source_tokenizer.id_to_token(int(i)) for i in source_ids[0] if i]
+    target_tokens = [target_tokenizer.id_to_token(int(i)) for i in target_ids[0, 1:]]
+    weights = weights[: len(target_tokens), : len(source_tokens)]
+    fig, ax = plt.subplots(
+        figsize=(max(5.5, 1.5 + 0.5 * len(source_tokens)), 1.5 + 0.4 * len(target_tokens))
+    )
+    ax.imshow(weights, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), source_tokens, rotation=60, ha="right")
+    ax.set_yticks(range(len(target_tokens)), target_tokens)
+    ax.set_xlabel("source")
+    ax.set_ylabel("generated")
+    ax.set_title("Cross-attention, last decoder block\n(mean over heads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------
+# The whole job.
+
+
+def refuse_to_overwrite(out, found):
+    print(
+        f"{out} already holds {', '.join(found)}: nothing was changed. "
+        "Pass --overwrite to replace them, or --out for another folder.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def vocabulary_fingerprint(work):
+    """crc32 of both vocabulary files: every worker must train with the same ids."""
+    fingerprint = []
+    for name in ("source_vocab.txt", "target_vocab.txt"):
+        with open(os.path.join(work, name), "rb") as f:
+            fingerprint.append(zlib.crc32(f.read()))
+    return fingerprint
+
+
+def run_training(args):
+    """The whole job: train, evaluate, write the artefacts and export.
+
+    `args` is an `argparse.Namespace` from `add_training_arguments` and
+    `finish_arguments`. Returns the process exit status (0, or 2 when
+    `--out` holds artefacts and `--overwrite` was not given).
+    """
+    args.started = getattr(args, "started", None) or time.time()
+    out = args.out
+    multi_worker = bool(os.environ.get("TF_CONFIG"))
+    if not multi_worker and existing_artefacts(out) and not args.overwrite:
+        return refuse_to_overwrite(out, existing_artefacts(out))  # before loading TensorFlow
+
+    from keras_xformer import distribute
+
+    # Before any other TensorFlow work (collectives are set up at start-up).
+    # With TF_CONFIG this waits until every worker has started.
+    strategy = distribute.strategy_from_environment()
+    chief = distribute.is_chief(strategy)
+    if multi_worker:
+        # Only the chief looks at --out; the workers follow its decision.
+        found = existing_artefacts(out) if chief else []
+        if distribute.broadcast_from_chief(strategy, int(bool(found and not args.overwrite))):
+            if chief:
+                return refuse_to_overwrite(out, found)
+            print("The chief refused to overwrite its artefacts: stopping.", file=sys.stderr)
+            return 2
+        # Workers started with other arguments would not train one model.
+        # (--out and --data may be mounted elsewhere on other machines; the
+        # vocabularies are compared later.)
+        same = {k: v for k, v in sorted(vars(args).items())
+                if k not in ("out", "data", "started", "func")}
+        distribute.assert_same_on_all_workers(
+            strategy, zlib.crc32(json.dumps(same).encode()), "the command-line arguments")
+    if strategy.num_replicas_in_sync > 1:
+        if multi_worker:
+            resolver = strategy.cluster_resolver
+            name = (f"MultiWorkerMirroredStrategy, task {resolver.task_type} "
+                    f"{resolver.task_id}{' (chief)' if chief else ''}")
+        else:
+            name = type(strategy).__name__
+        print(f"Training on {strategy.num_replicas_in_sync} replicas with {name}")
+
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    if args.precision != "float32":
+        keras.config.set_dtype_policy(args.precision)
+    # Work in progress (vocabularies, epoch backups) lives apart from the
+    # artefacts, which are only replaced once a run has succeeded. Workers
+    # other than the chief write nothing to --out: their vocabularies and
+    # checkpoints go to a temporary folder, and they resume from the
+    # chief's backup.
+    chief_work = os.path.join(out, ".work")
+    backup = os.path.join(chief_work, "backup")
+    if chief:
+        work = chief_work
+        os.makedirs(out, exist_ok=True)
+        if args.overwrite:
+            shutil.rmtree(work, ignore_errors=True)  # start afresh, no resume
+        os.makedirs(work, exist_ok=True)
+    else:
+        work = tempfile.mkdtemp(prefix="translate_numbers_workertemp_")
+    try:
+        return train_evaluate_export(args, strategy, chief, work, backup)
+    finally:
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _fit_settings(args, model, train_count, steps_per_epoch):
+    """`(epochs, schedule)`: the paper's warm-up schedule scaled so that its
+    peak is --learning-rate (the paper's own peak, d_model**-0.5 *
+    warmup**-0.5, is far too high for a small model warmed up briefly)."""
+    from keras_xformer.schedules import TransformerSchedule
+
+    if args.data:
+        epochs = args.epochs or 100  # early stopping or the time budget ends it
+        warmup = max(100, min(4000, steps_per_epoch))
+    else:
+        epochs = args.epochs or 5
+        warmup = max(50, min(4000, steps_per_epoch))
+    schedule = TransformerSchedule(
+        model.hidden_dim, warmup_steps=warmup,
+        scale=args.learning_rate * (model.hidden_dim * warmup) ** 0.5,
+    )
+    return epochs, schedule
+
+
+def train_evaluate_export(args, strategy, chief, work, backup):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_xformer.data import bucket_batch_sizes
+    from keras_xformer.data import make_dataset
+    from keras_xformer.distribute import MultiWorkerBackupAndRestore
+    from keras_xformer.distribute import assert_same_on_all_workers
+    from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
+    from keras_xformer.metrics import MaskedAccuracy
+
+    out = args.out
+    real = bool(args.data)
+    if not args.overwrite and os.path.exists(os.path.join(backup, "training_metadata.json")):
+        print(f"Resuming the interrupted run found in {backup}/")
+
+    train, validation, test = load_corpus(args)
+    print(f"Corpus: {len(train[0])} training, {len(validation[0])} validation, "
+          f"{len(test[0])} test pairs. Example: {train[0][0]!r} -> {train[1][0]!r}")
+    source_tokenizer, target_tokenizer, settings = make_tokenizers(work, train, args)
+    assert_same_on_all_workers(strategy, vocabulary_fingerprint(work), "the vocabularies")
+    percentile = args.length_percentile if real else 100.0
+    source_length, target_length, keep, lengths = choose_lengths(
+        source_tokenizer, target_tokenizer, train, percentile=percentile)
+    kind = "joint " if settings["joint"] else ""
+    if settings["joint"]:
+        sizes = f"{source_tokenizer.vocabulary_size} {kind}"
+    else:
+        sizes = (f"{source_tokenizer.vocabulary_size} source, "
+                 f"{target_tokenizer.vocabulary_size} target ")
+    print(f"Vocabularies: {sizes}{'sentence' if settings['kind'] == 'sentencepiece' else 'word'} "
+          f"pieces{'' if settings['lower_case'] else ' (cased)'}; "
+          f"lengths: source {source_length}, target {target_length} tokens"
+          + (f" ({percentile:g}th percentile)" if real else ""))
+    if real and not keep.all():
+        dropped = int((~keep).sum())
+        print(f"Left out of training: {dropped} pairs longer than these lengths "
+              f"(they are still translated, at their own length)")
+        train = ([s for s, k in zip(train[0], keep) if k], [t for t, k in zip(train[1], keep) if k])
+        lengths = (lengths[0][keep], lengths[1][keep])
+
+    # A user's corpus mixes short and long sentences: batching by length
+    # trained 3.8x more real tokens per second than padding every batch to
+    # the longest sentence (benchmarks/bucketing.py). The number words are
+    # all short, so they keep one static shape.
+    buckets = None
+    tokens_per_batch = None
+    longest = max(source_length, target_length)
+    if real:
+        buckets = [b for b in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192) if b < longest]
+        tokens_per_batch = args.batch_tokens
+        sizes = bucket_batch_sizes(buckets, longest, args.batch_size, tokens_per_batch)
+        print(f"Batching by length: about {tokens_per_batch} tokens per batch, "
+              f"bucket boundaries {buckets}, batch sizes {sizes}")
+        padded = np.maximum(lengths[0], lengths[1]) + 1
+        bucket_of = np.searchsorted(np.asarray(buckets), padded, side="right")
+        steps_per_epoch = int(sum(math.ceil(np.sum(bucket_of == b) / size)
+                                  for b, size in enumerate(sizes)))
+    else:
+        steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
+    train_data = make_dataset(*train, source_tokenizer, target_tokenizer, source_length,
+                              target_length, batch_size=args.batch_size, seed=args.seed,
+                              bucket_boundaries=buckets, tokens_per_batch=tokens_per_batch)
+    validation_data = make_dataset(*validation, source_tokenizer, target_tokenizer,
+                                   source_length, target_length,
+                                   batch_size=args.batch_size, shuffle=False)
+    # Every worker reads the same (identically shuffled) pipeline and keeps
+    # its share of each global batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_data = train_data.with_options(options)
+    validation_data = validation_data.with_options(options)
+
+    preset = args.preset or (preset_for(len(train[0])) if real else "tiny")
+    model = build_model(preset, (source_tokenizer.vocabulary_size,
+                                 target_tokenizer.vocabulary_size),
+                        settings["joint"], strategy)
+    if real:
+        print(f"Model: preset {preset!r}, {model.count_params():,} parameters"
+              + (", shared and tied embeddings" if settings["joint"] else ""))
+    epochs, schedule = _fit_settings(args, model, len(train[0]), steps_per_epoch)
+    with strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
+            loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+            metrics=[MaskedAccuracy()],
+            # On this job's shapes XLA trained 9% faster on this CPU
+            # (benchmarks/train.py: 7,924 against 7,269 tokens/s), within
+            # the machine's run-to-run drift, and its compilation (first
+            # step 26 s against 16 s) takes back about half of what it would
+            # save over the default 5 epochs; with --data every bucket is
+            # its own shape (one compilation each). XLA around a
+            # multi-device step fails in TensorFlow. Decoding and the
+            # exports use XLA.
+            jit_compile=False,
+        )
+    best_path = os.path.join(work, "best.keras")
+    monitor = "val_loss" if real else "val_masked_accuracy"
+    callbacks = [
+        # The chief writes the backup, other workers restore from it too.
+        MultiWorkerBackupAndRestore(backup),
+        keras.callbacks.ModelCheckpoint(best_path, monitor=monitor,
+                                        mode="min" if real else "max", save_best_only=True),
+    ]
+    budget = None
+    if args.time_budget:
+        # Evaluation and the exports follow training: they get a share of
+        # the budget measured on the catalogs corpus (benchmarks/RESULTS.md).
+        reserve = min(0.3 * args.time_budget * 60, 60 + (0 if args.no_export else 150))
+        budget = TimeBudget(args.started + args.time_budget * 60 - reserve)
+        callbacks.append(budget)
+    average = None
+    if args.average_checkpoints and args.average_checkpoints > 1:
+        average = AverageLastEpochs(args.average_checkpoints)
+        callbacks.append(average)
+    if real and args.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
+                                                       patience=args.patience))
+    start = time.perf_counter()
+    history = model.fit(train_data, validation_data=validation_data, epochs=epochs,
+                        callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1,
+                        shuffle=False)  # the dataset reshuffles itself every epoch
+    train_seconds = time.perf_counter() - start
+    if not chief:
+        print("Training done; the chief evaluates and writes the artefacts.")
+        return 0
+    chosen = "last epoch"
+    if real:
+        chosen = choose_weights(model, best_path, average, validation_data)
+    elif os.path.exists(best_path):
+        model = keras.models.load_model(best_path)
+        chosen = "best epoch"
+
+    test_result, _ = evaluate(model, source_tokenizer, target_tokenizer, test,
+                              source_length, target_length, beam=args.beam)
+
+    # Everything is written to a staging folder first, then moved over the
+    # previous artefacts: a run that fails leaves them as they were.
+    staging = os.path.join(out, ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    model.save(os.path.join(staging, "model.keras"))
+    save_tokenizers(staging, source_tokenizer, target_tokenizer, settings)
+    plot_attention(model, source_tokenizer, target_tokenizer, test[0][0], source_length,
+                   target_length, os.path.join(staging, "attention.png"))
+    metrics = {
+        "bleu": test_result["bleu"],
+        "chrf": test_result["chrf"],
+        "exact_match": test_result["exact_match"],
+        "ms_per_sentence": test_result["ms_per_sentence"],
+        "train_seconds": train_seconds,
+        "epochs": len(history.history.get("loss", [])) + (getattr(model, "_initial_epoch", 0) or 0)
+        if real else epochs,
+        "weights": chosen,
+        "train_pairs": len(train[0]),
+        "test_pairs": len(test[1]),
+        "decoding": f"beam {args.beam}" if args.beam else "greedy",
+        "precision": args.precision,
+        "replicas": strategy.num_replicas_in_sync,
+        # Per epoch, the epochs this run trained (a resumed run: the rest).
+        "history": {name: [float(v) for v in values]
+                    for name, values in history.history.items()},
+        "source_length": source_length,
+        "target_length": target_length,
+        "preset": preset,
+        "tokenizer": settings,
+        "parameters": model.count_params(),
+    }
+    if not args.no_export:
+        metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
+                                  source_length, target_length, staging,
+                                  tflite=not args.no_tflite))
+    metrics["total_seconds"] = time.time() - args.started
+    with open(os.path.join(staging, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    for name in os.listdir(staging):
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"\nWrote {', '.join(sorted(existing_artefacts(out)))} to {out}/ "
+          f"({metrics['total_seconds'] / 60:.1f} min in all)")
+    return 0
+
+
+def choose_weights(model, best_path, average, validation_data):
+    """Keeps whichever validates best (loss): the last weights, the
+    average of the last epochs, or the best epoch's checkpoint."""
+    import keras
+
+    candidates = {"last epoch": [w.copy() for w in model.get_weights()]}
+    if average is not None and average.average():
+        candidates[f"average of the last {len(average.saved)} epochs"] = model.get_weights()
+    if os.path.exists(best_path):
+        candidates["best epoch"] = keras.models.load_model(best_path).get_weights()
+    losses = {}
+    for name, weights in candidates.items():
+        model.set_weights(weights)
+        losses[name] = model.evaluate(validation_data, verbose=0, return_dict=True)["loss"]
+    chosen = min(losses, key=losses.get)
+    model.set_weights(candidates[chosen])
+    print("Validation loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+          + f"; keeping the {chosen}")
+    return chosen
+
+
+def export_all(model, source_tokenizer, target_tokenizer, test, source_length, max_length,
+               folder, tflite=True):
+    """The exports of a trained model into `folder`: the SavedModel
+    (`serving/`) and the TFLite files, with their sizes and test-split BLEU.
+    The one place to add another export format; the BLEU figures are on
+    the first 500 pairs of `test`."""
+    import numpy as np
+    import sacrebleu
+    import tensorflow as tf
+
+    from keras_xformer.data import encode_source
+    from keras_xformer.export import export_saved_model
+    from keras_xformer.export import export_tflite
+
+    # The exports are checked on at most 500 test pairs: the TFLite
+    # interpreter runs one sentence at a time.
+    sources, references = list(test[0])[:500], list(test[1])[:500]
+    results = {}
+    serving = os.path.join(folder, "serving")
+    start = time.perf_counter()
+    export_saved_model(serving, model, LengthLimit(source_tokenizer, source_length),
+                       target_tokenizer, source_length, max_length)
+    results["serving_export_seconds"] = time.perf_counter() - start
+    translate = tf.saved_model.load(serving).signatures["serving_default"]
+    # The SavedModel rejects inputs longer than its source length: it is
+    # checked on the pairs that fit (and on one that does not).
+    from keras_xformer.data import token_lengths
+
+    fits = token_lengths(source_tokenizer, sources) < source_length
+    served = []
+    kept = [s for s, f in zip(sources, fits) if f]
+    for i in range(0, len(kept), 250):
+        out = translate(text=tf.constant(kept[i : i + 250]))["translation"].numpy()
+        served += [t.decode("utf-8") for t in out]
+    results["serving_bleu"] = sacrebleu.corpus_bleu(
+        served, [[r for r, f in zip(references, fits) if f]]).score
+    results["serving_pairs"] = len(kept)
+    if not fits.all():
+        try:
+            translate(text=tf.constant([sources[int(np.argmin(fits))]]))
+            results["serving_rejects_long_input"] = False
+        except tf.errors.InvalidArgumentError:
+            results["serving_rejects_long_input"] = True
+    results["serving_mb"] = sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(serving) for f in files
+    ) / 2**20
+    if tflite:
+        from ai_edge_litert.interpreter import Interpreter
+
+        source_ids = encode_source(source_tokenizer, sources, source_length).numpy()
+        for name, quantization in (("translator.tflite", None),
+                                   ("translator_int8.tflite", "dynamic_int8")):
+            path = os.path.join(folder, name)
+            size = export_tflite(path, model, source_length, max_length,
+                                 quantization=quantization)
+            runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+            ids = np.concatenate([runner(source_ids=row[None])["target_ids"]
+                                  for row in source_ids])
+            texts = [t.decode("utf-8") for t in target_tokenizer.detokenize(ids).numpy()]
+            key = "tflite_int8" if quantization else "tflite"
+            results[f"{key}_bleu"] = sacrebleu.corpus_bleu(texts, [references]).score
+            results[f"{key}_mb"] = size / 2**20
+            if quantization is None:
+                generated = model.generate(source_ids, max_length=max_length)
+                results["tflite_equals_generate"] = bool(np.array_equal(ids, generated))
+    print("Exports: " + ", ".join(
+        f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
+    return results
+
+
+class LengthLimit:
+    """A source tokenizer for the exports that rejects, rather than cuts,
+    an input longer than the exported source length: the SavedModel's
+    static shapes cannot grow, and a silently truncated input would give a
+    silently truncated translation. Serving such an input raises
+    `InvalidArgumentError` with a message that says what to do."""
+
+    def __new__(cls, tokenizer, source_length):
+        import tensorflow as tf
+
+        class _LengthLimit(tf.Module):
+            def __init__(self):
+                super().__init__(name="length_limited_tokenizer")
+                self.tokenizer = tokenizer
+
+            def __getattr__(self, name):
+                # Only reached for names the module lacks (vocabulary, ...).
+                if "tokenizer" not in self.__dict__:
+                    raise AttributeError(name)
+                return getattr(self.__dict__["tokenizer"], name)
+
+            def tokenize(self, strings, sequence_length=None, add_start_end=False):
+                ragged = self.tokenizer.tokenize(strings)
+                longest = tf.reduce_max(tf.concat([ragged.row_lengths(), [0]], 0))
+                check = tf.debugging.assert_less(
+                    longest, tf.constant(source_length, longest.dtype),
+                    message=(f"An input is longer than the {source_length - 1} word pieces "
+                             "this SavedModel was exported for: split it into sentences, "
+                             "translate it with `xformer translate` (no length limit), or "
+                             "export with a longer source length."))
+                with tf.control_dependencies([check]):
+                    return self.tokenizer.tokenize(strings, sequence_length, add_start_end)
+
+        return _LengthLimit()
+
+
+# ----------------------------------------------------------------------
+# A trained folder.
+
+
+def load_translator(folder):
+    """`(model, source_tokenizer, target_tokenizer, metrics)` of a folder
+    written by the training job."""
+    import keras
+
+    path = os.path.join(folder, "model.keras")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{folder} holds no model.keras: train one first "
+            "(xformer train --data pairs.tsv --out FOLDER).")
+    model = keras.models.load_model(path)
+    source, target = load_tokenizers(folder)
+    metrics = {}
+    if os.path.exists(os.path.join(folder, "metrics.json")):
+        with open(os.path.join(folder, "metrics.json")) as f:
+            metrics = json.load(f)
+    return model, source, target, metrics
+
+
+def main(argv=None):
+    """examples/translate_numbers.py: the number-words demo, or --data."""
+    parser = argparse.ArgumentParser(
+        description="Train a Transformer translator, then evaluate and export it.")
+    add_training_arguments(parser, own_data=False)
+    args = finish_arguments(parser, parser.parse_args(argv))
+    return run_training(args)

@@ -1,0 +1,81 @@
+"""The `xformer` command (`python -m keras_xformer`) on a small corpus: train
+within a time budget and export, then translate, evaluate and export again."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_xformer import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"}
+WORDS = "zero one two three four five six seven eight nine".split()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    lines = []
+    for n in range(300):
+        # Cased text, a placeholder and an identifier that must copy through.
+        lines.append(f"Item {n} of %s\tÉlément {' '.join(WORDS[int(d)] for d in str(n))} de %s")
+    corpus = folder / "pairs.tsv"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = folder / "run"
+    # One minute in all: training stops in time and the run still exports.
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_xformer", "train", "--data", str(corpus), "--out",
+         str(out), "--time-budget", "1", "--no-tflite", "--batch-tokens", "800"],
+        capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return corpus, out, result.stdout
+
+
+def test_train_stops_at_its_time_budget_and_exports(trained):
+    corpus, out, stdout = trained
+    assert "Time budget reached" in stdout
+    assert "BLEU" in stdout and "chrF" in stdout
+    for name in ("model.keras", "source_vocab.txt", "tokenizer.json", "serving", "metrics.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["tokenizer"]["lower_case"] is False and metrics["tokenizer"]["joint"]
+    assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
+
+
+def test_no_overwrite_without_the_flag(trained, capsys):
+    corpus, out, _ = trained
+    before = os.path.getmtime(os.path.join(out, "model.keras"))
+    assert cli.main(["train", "--data", str(corpus), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert os.path.getmtime(os.path.join(out, "model.keras")) == before
+
+
+def test_translate_evaluate_and_export(trained, capsys, tmp_path, monkeypatch):
+    corpus, out, _ = trained
+    assert cli.main(["translate", str(out), "Item 7 of %s", "Item 12 of %s"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(isinstance(line, str) for line in lines)
+    # A sentence far longer than any in training is translated, not cut
+    # and not an error.
+    long_text = " ".join(["Item 7 of %s"] * 12)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(long_text + "\nItem 3 of %s\n"))
+    assert cli.main(["translate", str(out), "--beam", "0"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # one line per input, even empty
+    assert cli.main(["evaluate", str(out), "--data", str(corpus), "--max-pairs", "20"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(scores) >= {"bleu", "chrf", "exact_match"}
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "again"), "--no-tflite"]) == 0
+    assert os.path.exists(tmp_path / "again" / "serving" / "saved_model.pb")
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert cli.main(["translate", str(tmp_path), "hello"]) == 2
+    assert "no trained model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train"])  # --data is required
+    missing = str(tmp_path / "missing.tsv")
+    assert cli.main(["train", "--data", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
