@@ -43,6 +43,7 @@ ARTEFACTS = (
     "serving",
     "translator.tflite",
     "translator_int8.tflite",
+    "translator_ct2",
 )
 
 # Model size by training pairs, for --data (measured: benchmarks/RESULTS.md).
@@ -863,9 +864,35 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
             if quantization is None:
                 generated = model.generate(source_ids, max_length=max_length)
                 results["tflite_equals_generate"] = bool(np.array_equal(ids, generated))
+    results.update(_export_ctranslate2(model, source_tokenizer, target_tokenizer, sources,
+                                       references, source_length, max_length, folder))
     print("Exports: " + ", ".join(
         f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
     return results
+
+
+def _export_ctranslate2(model, source_tokenizer, target_tokenizer, sources, references,
+                        source_length, max_length, folder):
+    """`translator_ct2/` for the CTranslate2 engine, with its size and greedy
+    BLEU on the same pairs as the other exports; skipped, with a printed
+    line, when the optional `ctranslate2` package is not installed."""
+    import importlib.util
+
+    import sacrebleu
+
+    if importlib.util.find_spec("ctranslate2") is None:
+        print("CTranslate2 export skipped: `pip install keras_xformer[ctranslate2]` to get "
+              "translator_ct2/.")
+        return {}
+    from keras_xformer.export import ctranslate2_translate
+    from keras_xformer.export import export_ctranslate2
+
+    path = os.path.join(folder, "translator_ct2")
+    export_ctranslate2(path, model, source_tokenizer, target_tokenizer)
+    texts = ctranslate2_translate(path, source_tokenizer, target_tokenizer, sources,
+                                  max_length=max_length, max_source_length=source_length)
+    return {"ct2_bleu": sacrebleu.corpus_bleu(texts, [references]).score,
+            "ct2_mb": os.path.getsize(os.path.join(path, "model.bin")) / 2**20}
 
 
 class LengthLimit:

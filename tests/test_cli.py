@@ -43,6 +43,11 @@ def test_train_stops_at_its_time_budget_and_exports(trained):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["tokenizer"]["lower_case"] is False and metrics["tokenizer"]["joint"]
     assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
+    # The CTranslate2 export (a test extra): greedy, as the SavedModel, on
+    # the same pairs, so the two engines score alike.
+    assert os.path.exists(os.path.join(out, "translator_ct2", "model.bin"))
+    assert metrics["ct2_mb"] > 0
+    assert abs(metrics["ct2_bleu"] - metrics["serving_bleu"]) < 1.0, metrics
 
 
 def test_no_overwrite_without_the_flag(trained, capsys):
