@@ -1,10 +1,14 @@
 import numpy as np
+import pytest
 
 from keras_xformer.data import choose_length
 from keras_xformer.data import encode_source
 from keras_xformer.data import encode_target
 from keras_xformer.data import make_dataset
 from keras_xformer.text import WordPieceTokenizer
+
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
 
 TEXTS = ["one two three", "four", "five six seven eight nine ten", ""]
 
