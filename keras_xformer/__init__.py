@@ -20,6 +20,13 @@ from keras_xformer import metrics  # noqa: F401,E402
 from keras_xformer import models  # noqa: F401,E402
 from keras_xformer import schedules  # noqa: F401,E402
 
+import keras as _keras  # noqa: E402
+
+if _keras.backend.backend() == "torch":
+    from keras_xformer._torch_compat import patch_dynamo_recompilation_reasons
+
+    patch_dynamo_recompilation_reasons()
+
 _LAZY_SUBPACKAGES = ("data", "datasets", "distribute", "export", "text")
 
 

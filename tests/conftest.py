@@ -26,6 +26,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 
+def _let_numpy_read_torch_outputs():
+    """Lets the tests' `np.asarray(layer(x))` / `np.testing.assert_*(...)`
+    read torch tensors that carry autograd history, as they read TensorFlow
+    and JAX arrays (torch refuses `numpy()` on them; Keras'
+    `ops.convert_to_numpy` detaches first). Test-only: the package never
+    relies on it."""
+    import torch
+
+    to_array = torch.Tensor.__array__
+
+    def __array__(self, dtype=None, copy=None):
+        tensor = self.detach().cpu()
+        return to_array(tensor, dtype) if dtype is not None else to_array(tensor)
+
+    torch.Tensor.__array__ = __array__
+
+
+if os.environ["KERAS_BACKEND"] == "torch":
+    _let_numpy_read_torch_outputs()
+
+
 def pytest_collection_modifyitems(config, items):
     import keras
 
