@@ -214,6 +214,8 @@ def run_child(backend, *extra):
     lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
     if not lines:
         raise RuntimeError(f"{backend} {extra} failed:\n{done.stderr[-4000:]}")
+    # As it comes, so that a run cut short still shows what it measured.
+    print(f"{backend} {' '.join(extra)}: {lines[-1][7:]}", flush=True)
     return json.loads(lines[-1][7:])
 
 
