@@ -11,9 +11,9 @@ XLA-compiled TensorFlow function, and inside `jax.jit` on JAX, the bits here
 come from a counter-based integer hash (Wellons' "lowbias32") of each
 element's index and a per-call seed: a few integer multiplies and shifts
 that XLA fuses into the consumer. JAX's own generator (threefry, what
-`keras.random.dropout` uses there) is cheaper than TensorFlow's under XLA
-but still cost 5.8 ms against 0.29 ms for the hash for the same 1M-element
-dropout under `jax.jit` (benchmarks/backends.py, `dropout`). Everywhere
+`keras.random.dropout` uses there) cost 13.7 ms against 0.30 ms for the
+hash for the same 1M-element dropout under `jax.jit`
+(benchmarks/backends.py, `dropout`). Everywhere
 else (TensorFlow's kernels, where that hash costs more than Philox; JAX
 eager; PyTorch) this is exactly `keras.layers.Dropout`.
 
