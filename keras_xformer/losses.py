@@ -86,6 +86,8 @@ def _smoothed_cross_entropy(logits, labels, smoothing):
     of a training step, that made the loss cost more than the output
     layer's matmul (benchmarks/train.py, lever `autodiff_loss`).
     """
+    if keras.backend.backend() == "torch":
+        return _torch_cross_entropy().apply(logits, labels, float(smoothing))
     vocabulary_size = ops.shape(logits)[-1]
 
     @ops.custom_gradient
@@ -110,3 +112,51 @@ def _smoothed_cross_entropy(logits, labels, smoothing):
         return ops.squeeze(losses, -1), grad
 
     return cross_entropy(logits)
+
+
+_TORCH_FUNCTION = []
+
+
+def _torch_cross_entropy():
+    """The same loss and gradient as a `torch.autograd.Function`.
+
+    Keras' torch `custom_gradient` keeps the backward as a closure over
+    forward tensors; under `torch.compile` (`jit_compile=True`) that closure
+    saw tensors of another traced shape ("The size of tensor a (20) must
+    match the size of tensor b (10)"). Tensors handed to
+    `ctx.save_for_backward` are what torch's compiler tracks, so this form
+    works in eager mode and compiled.
+    """
+    if _TORCH_FUNCTION:
+        return _TORCH_FUNCTION[0]
+    import torch
+
+    class SmoothedCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, labels, smoothing):
+            peak = logits.amax(dim=-1, keepdim=True)
+            exps = torch.exp(logits - peak)
+            total = exps.sum(dim=-1, keepdim=True)
+            labels = labels.long().unsqueeze(-1)
+            true_logit = torch.gather(logits, -1, labels)
+            losses = torch.log(total) + peak - (1.0 - smoothing) * true_logit
+            if smoothing:
+                losses = losses - smoothing * logits.mean(dim=-1, keepdim=True)
+            ctx.save_for_backward(exps, total, labels)
+            ctx.smoothing = smoothing
+            return losses.squeeze(-1)
+
+        @staticmethod
+        def backward(ctx, upstream):
+            exps, total, labels = ctx.saved_tensors
+            smoothing = ctx.smoothing
+            upstream = upstream.unsqueeze(-1)
+            gradient = exps * (upstream / total)
+            if smoothing:
+                gradient = gradient - upstream * (smoothing / exps.shape[-1])
+            # scatter_add_ of one value per row, in place: no one-hot tensor.
+            gradient.scatter_add_(-1, labels, -(1.0 - smoothing) * upstream)
+            return gradient, None, None
+
+    _TORCH_FUNCTION.append(SmoothedCrossEntropy)
+    return SmoothedCrossEntropy

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from keras_xformer.data import choose_length
 from keras_xformer.data import encode_source
@@ -6,6 +7,9 @@ from keras_xformer.data import encode_target
 from keras_xformer.data import bucket_batch_sizes
 from keras_xformer.data import make_dataset
 from keras_xformer.text import WordPieceTokenizer
+
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
 
 TEXTS = ["one two three", "four", "five six seven eight nine ten", ""]
 

@@ -2,8 +2,9 @@
 
 Both searches are written with `keras.ops` and a `while_loop` so they trace
 into one graph: on TensorFlow the whole search is one `tf.function`
-(XLA-compiled when asked), traced once per (batch, source length,
-max_length) and reused.
+(XLA-compiled when asked), on JAX one `jax.jit` program, traced once per
+(batch, source length, max_length, method, beam settings), cached on the
+model and reused. On PyTorch the loop runs eagerly without autograd.
 """
 
 import weakref
@@ -165,8 +166,39 @@ def _validate(model, source_ids, max_length, method, beam_size, length_penalty, 
 def resolve_jit_compile(jit_compile):
     """`"auto"`: XLA. Decoding is many small steps whose per-op overhead
     XLA removes: benchmarks/generate.py measures it faster than TensorFlow's
-    default kernels on this CPU too (and GPU/TPU always want it)."""
+    default kernels on this CPU too (and GPU/TPU always want it); on JAX,
+    benchmarks/backends.py measures `jax.jit` against eager dispatch. PyTorch
+    has no XLA: there the search always runs eagerly (see `generate`)."""
     return True if jit_compile == "auto" else bool(jit_compile)
+
+
+def _compile(model, search, jit):
+    """`search(source_ids)` as one compiled function on the current backend,
+    or `None` where it runs eagerly.
+
+    TensorFlow: one `tf.function` (XLA when `jit`). JAX: one `jax.jit`
+    program that takes the model's variable values as arguments (stateless,
+    as Keras' JAX trainer calls a model), so the weights are not baked into
+    the program as constants and later weight updates are seen. Both trace
+    once per input shape (batch, source length) and reuse the program.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(search, jit_compile=jit, reduce_retracing=False)
+    if backend == "jax" and jit:
+        import jax
+
+        variables = list(model.variables)
+
+        def stateless_search(values, ids):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return search(ids)
+
+        compiled = jax.jit(stateless_search)
+        return lambda ids: compiled([v.value for v in variables], ids)
+    return None
 
 
 def generate(model, source_ids, max_length=None, method="greedy", beam_size=4,
@@ -186,12 +218,20 @@ def generate(model, source_ids, max_length=None, method="greedy", beam_size=4,
             return greedy_search(model, ids, max_length)
         return beam_search(model, ids, max_length, int(beam_size), float(length_penalty))
 
-    if keras.backend.backend() != "tensorflow":
-        return ops.convert_to_numpy(search(source_ids))
-    import tensorflow as tf
-
     functions = _COMPILED.setdefault(model, {})
-    key = (method, max_length, int(beam_size), float(length_penalty), jit)
+    key = (keras.backend.backend(), method, max_length, int(beam_size),
+           float(length_penalty), jit)
     if key not in functions:
-        functions[key] = tf.function(search, jit_compile=jit, reduce_retracing=False)
-    return functions[key](source_ids).numpy()
+        functions[key] = _compile(model, search, jit)
+    function = functions[key]
+    if function is not None:
+        return ops.convert_to_numpy(function(source_ids))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Decoding needs no gradients: without this every step records
+        # autograd history. torch.compile is no help here: it unrolls the
+        # Python while loop of Keras' torch backend, one graph per length.
+        with torch.no_grad():
+            return ops.convert_to_numpy(search(source_ids))
+    return ops.convert_to_numpy(search(source_ids))

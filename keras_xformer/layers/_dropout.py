@@ -7,11 +7,15 @@ slower than TensorFlow's own kernel: one dropout of 1M elements took 469 ms
 instead of 6.7 ms (benchmarks/dropout.py), and shipping this dropout made an
 XLA training step of a 4+4-layer Transformer 1.11x faster
 (benchmarks/train.py, lever `keras_dropout`). Inside an
-XLA-compiled TensorFlow function the bits here come from a counter-based
-integer hash (Wellons' "lowbias32") of each element's index and a per-call
-seed: a few integer multiplies and shifts that XLA fuses into the consumer.
-Everywhere else (TensorFlow's kernels, where that hash costs more than
-Philox, and the other backends) this is exactly `keras.layers.Dropout`.
+XLA-compiled TensorFlow function, and inside `jax.jit` on JAX, the bits here
+come from a counter-based integer hash (Wellons' "lowbias32") of each
+element's index and a per-call seed: a few integer multiplies and shifts
+that XLA fuses into the consumer. JAX's own generator (threefry, what
+`keras.random.dropout` uses there) cost 13.7 ms against 0.30 ms for the
+hash for the same 1M-element dropout under `jax.jit`
+(benchmarks/backends.py, `dropout`). Everywhere
+else (TensorFlow's kernels, where that hash costs more than Philox; JAX
+eager; PyTorch) this is exactly `keras.layers.Dropout`.
 
 For dropout's purposes the hashed masks are independent Bernoulli(1 - rate)
 draws (bit frequencies, the dropped fraction and independence across calls
@@ -35,11 +39,17 @@ def _mix(x):
     return ops.bitwise_xor(x, ops.right_shift(x, np.uint32(16)))
 
 
-def _compiled_by_tensorflow_xla():
-    """Whether this call is being traced into an XLA-compiled TensorFlow
-    function (`jit_compile=True`). TensorFlow has no public API for it."""
-    if keras.backend.backend() != "tensorflow":
+def _compiled_by_xla(inputs):
+    """Whether this call is being traced into an XLA-compiled function:
+    `jit_compile=True` on TensorFlow, any `jax.jit` trace on JAX."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return isinstance(inputs, jax.core.Tracer)
+    if backend != "tensorflow":
         return False
+    # TensorFlow has no public API for it.
     try:
         from tensorflow.python.framework import ops as tf_ops
         from tensorflow.python.ops import control_flow_util
@@ -62,14 +72,15 @@ def random_bits(shape, seed):
 @keras.saving.register_keras_serializable(package="keras_xformer")
 class Dropout(keras.layers.Dropout):
     """`keras.layers.Dropout` (same arguments, weights and semantics) whose
-    masks come from `random_bits` inside XLA-compiled TensorFlow functions."""
+    masks come from `random_bits` inside XLA-compiled functions
+    (TensorFlow with `jit_compile=True`, JAX under `jax.jit`)."""
 
     def call(self, inputs, training=False):
         if (
             not training
             or self.rate <= 0
             or self.noise_shape is not None
-            or not _compiled_by_tensorflow_xla()
+            or not _compiled_by_xla(inputs)
         ):
             return super().call(inputs, training=training)
         threshold = np.uint32(min(round(self.rate * 2.0**32), 2**32 - 1))

@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.distribute.cluster import ROOT
 from tests.distribute.cluster import result_line
+
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
 
 SCRIPT = os.path.join(ROOT, "tests", "distribute", "tiny_training.py")
 

@@ -12,6 +12,9 @@ from tests.distribute.cluster import ROOT
 from tests.distribute.cluster import result_line
 from tests.distribute.cluster import run_workers
 
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
+
 SCRIPT = os.path.join(ROOT, "tests", "distribute", "tiny_training.py")
 
 

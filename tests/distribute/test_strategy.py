@@ -9,6 +9,9 @@ import tensorflow as tf
 
 from keras_xformer import distribute
 
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
+
 
 @pytest.mark.parametrize("tf_config, message", [
     ("{not json", "not valid JSON"),

@@ -18,6 +18,9 @@ import pytest
 
 from tests.distribute.cluster import run_workers
 
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "translate_numbers.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"}

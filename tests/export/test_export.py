@@ -15,6 +15,9 @@ from keras_xformer.export import export_tflite
 from keras_xformer.models import Transformer
 from keras_xformer.text import WordPieceTokenizer
 
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
+
 SOURCE_LENGTH, TARGET_LENGTH = 12, 10
 
 

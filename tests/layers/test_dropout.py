@@ -1,21 +1,45 @@
 import keras
 import numpy as np
-import tensorflow as tf
+import pytest
 
 from keras_xformer.layers._dropout import Dropout
 from keras_xformer.layers._dropout import random_bits
 from tests.helpers import LayerTestCase
 
+BACKEND = keras.backend.backend()
 
-def in_xla(layer, x):
-    """The layer in training mode inside an XLA-compiled function, where it
-    uses its hashed masks."""
-    return np.asarray(
-        keras.ops.cast(
-            tf.function(lambda x: layer(x, training=True), jit_compile=True)(x),
-            "float32",
-        )
-    )
+
+def compiled(fn):
+    """`fn` XLA-compiled the backend's way (PyTorch has no XLA: as is)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def in_xla(layer, x, training=True):
+    """The layer inside an XLA-compiled function, where it uses its hashed
+    masks (on PyTorch: Keras' dropout, eagerly)."""
+    if BACKEND == "jax":
+        import jax
+
+        # Stateless, as Keras' JAX trainer calls layers: the seed
+        # generator's new state comes back out of the compiled function.
+        if not layer.built:
+            layer.build(np.shape(x))
+        state = [v.value for v in layer.non_trainable_variables]
+        step = jax.jit(lambda state, x: layer.stateless_call([], state, x, training=training))
+        y, state = step(state, x)
+        for variable, value in zip(layer.non_trainable_variables, state):
+            variable.assign(value)
+    else:
+        y = compiled(lambda x: layer(x, training=training))(x)
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")))
 
 
 class DropoutTest(LayerTestCase):
@@ -34,6 +58,8 @@ class DropoutTest(LayerTestCase):
         ours, theirs = Dropout(0.3, seed=5), keras.layers.Dropout(0.3, seed=5)
         for _ in range(2):
             np.testing.assert_array_equal(ours(x, training=True), theirs(x, training=True))
+        if BACKEND == "torch":
+            return  # no XLA on PyTorch: always Keras' dropout
         # Inside XLA the masks are hashed: a different draw of the same rate.
         self.assertFalse(np.array_equal(in_xla(ours, x), np.asarray(theirs(x, training=True))))
 
@@ -41,9 +67,7 @@ class DropoutTest(LayerTestCase):
         x = np.random.default_rng(0).standard_normal((3, 4, 8)).astype("float32")
         np.testing.assert_array_equal(Dropout(0.5)(x, training=False), x)
         np.testing.assert_array_equal(Dropout(0.0)(x, training=True), x)
-        layer = Dropout(0.5)
-        inference = tf.function(lambda x: layer(x, training=False), jit_compile=True)
-        np.testing.assert_array_equal(inference(x), x)
+        np.testing.assert_array_equal(in_xla(Dropout(0.5), x, training=False), x)
 
     def test_drops_the_rate_and_rescales_the_rest(self):
         x = np.ones((64, 64, 64), "float32")  # 262,144 draws
@@ -74,12 +98,17 @@ class DropoutTest(LayerTestCase):
         self.assertLess(np.mean(other_seed == np.asarray(bits, np.uint32)), 1e-3)
 
     def test_same_mask_with_and_without_xla(self):
-        seed = tf.constant([11, 12])
+        seed = keras.ops.convert_to_tensor([11, 12], "int32")
         eager = random_bits((4, 33, 7), seed)
-        compiled = tf.function(lambda s: random_bits((4, 33, 7), s), jit_compile=True)(seed)
-        np.testing.assert_array_equal(eager, compiled)
+        xla = compiled(lambda s: random_bits((4, 33, 7), s))(seed)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(eager), keras.ops.convert_to_numpy(xla)
+        )
 
+    @pytest.mark.tensorflow_only
     def test_dynamic_batch_in_a_graph(self):
+        import tensorflow as tf
+
         layer = Dropout(0.5, seed=1)
         fn = tf.function(
             lambda x: layer(x, training=True),

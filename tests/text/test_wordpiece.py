@@ -7,6 +7,9 @@ from num2words import num2words
 
 from keras_xformer.text import WordPieceTokenizer
 
+# TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
+pytestmark = pytest.mark.tensorflow_only
+
 RESERVED = ["[PAD]", "[UNK]", "[START]", "[END]"]
 
 
