@@ -10,6 +10,8 @@ import pytest
 
 from keras_xformer import cli
 
+pytestmark = pytest.mark.tensorflow_only  # TF Text tokenizers / the TensorFlow pipeline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "1"}
 WORDS = "zero one two three four five six seven eight nine".split()

@@ -13,6 +13,8 @@ from keras_xformer.export import export_ctranslate2
 from keras_xformer.models import Transformer
 from keras_xformer.text import WordPieceTokenizer
 
+pytestmark = pytest.mark.tensorflow_only  # TF Text tokenizers / the TensorFlow pipeline
+
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 SOURCE_LENGTH, TARGET_LENGTH = 14, 12

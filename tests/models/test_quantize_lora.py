@@ -73,6 +73,7 @@ def test_lora_trains_only_adapters_and_roundtrips(tmp_path):
                                   model.generate(SOURCE, max_length=6))
 
 
+@pytest.mark.tensorflow_only
 def test_export_tflite_accepts_a_quantized_model(tmp_path):
     from keras_xformer.export import export_tflite
     from keras_xformer.layers._quantization import dequantized_copy

@@ -5,6 +5,8 @@ import tensorflow as tf
 from keras_xformer.text import SentencePieceTokenizer
 from keras_xformer.text import WordPieceTokenizer
 
+pytestmark = pytest.mark.tensorflow_only  # TF Text tokenizers / the TensorFlow pipeline
+
 # Software messages as real catalogs hold them: case, placeholders, markup,
 # URLs, paths, identifiers, typographic punctuation.
 MESSAGES = [
