@@ -52,6 +52,12 @@ def enable_lora(layer, rank, lora_alpha=None, target_layer_names=None):
     for sublayer in chosen:
         if not sublayer.lora_enabled:
             sublayer.enable_lora(rank, lora_alpha=lora_alpha)
+    # Read back by `get_config`, so that `load_model` re-enables the adapters.
+    layer._lora_config = {
+        "lora_rank": rank,
+        "lora_alpha": lora_alpha,
+        "lora_target_layer_names": list(target_layer_names) if target_layer_names else None,
+    }
     return chosen
 
 
@@ -76,15 +82,7 @@ class LoraMixin:
         Returns:
             The sublayers that got adapters.
         """
-        chosen = enable_lora(self, rank, lora_alpha, target_layer_names)
-        self._lora_config = {
-            "lora_rank": rank,
-            "lora_alpha": lora_alpha,
-            "lora_target_layer_names": list(target_layer_names)
-            if target_layer_names
-            else None,
-        }
-        return chosen
+        return enable_lora(self, rank, lora_alpha, target_layer_names)
 
     def get_config(self):
         config = super().get_config()

@@ -359,13 +359,6 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
         if not self.built:
             self.build()
         chosen = _enable_lora(self, rank, lora_alpha, target_layer_names)
-        self._lora_config = {
-            "lora_rank": rank,
-            "lora_alpha": lora_alpha,
-            "lora_target_layer_names": list(target_layer_names)
-            if target_layer_names
-            else None,
-        }
         self._forget_compiled_functions()
         return chosen
 

@@ -30,7 +30,9 @@ class TransformerEncoderBlockTest(LayerTestCase):
     def test_post_ln_matches_the_paper(self):
         """LN(x + MHA(x)) then LN(y + FFN(y)), computed by hand."""
         block = TransformerEncoderBlock(H, F, dropout=0.0)
-        x = random_inputs(B, T, D)
+        # A backend tensor, so that `x + ...` adds on every backend (numpy
+        # + a torch tensor is not an addition).
+        x = keras.ops.convert_to_tensor(random_inputs(B, T, D))
         out = block(x)
         y = block.self_attention_norm(x + block.self_attention(x, x))
         y = block.feed_forward_norm(y + block.feed_forward(y))
