@@ -14,6 +14,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["attention", "train", "dropout", "generate", "export", "bucketing"]
+HAND_WRITTEN_MARKER = "<!-- Sections below are written by hand"
 
 
 def run(name):
@@ -98,8 +99,16 @@ def write_results():
             "| --- | --- |",
         ] + [f"| {k} | {v:,.0f} |" for k, v in bucketing["tokens_per_second"].items()] + [
             f"| bucketed / padded | {bucketing['speedup']:.2f}x |", ""]
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write("\n".join(lines))
+    path = os.path.join(HERE, "RESULTS.md")
+    # The sections after the marker come from runs that this script does not
+    # make (issues' one-off measurements): they are kept as they are.
+    kept = ""
+    if os.path.exists(path):
+        text = open(path, encoding="utf-8").read()
+        if HAND_WRITTEN_MARKER in text:
+            kept = text[text.index(HAND_WRITTEN_MARKER):]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
 
