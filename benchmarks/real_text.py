@@ -5,6 +5,7 @@
     python benchmarks/real_text.py score NAME                  # held-out scores of runs/NAME
     python benchmarks/real_text.py keras_hub --minutes 10
     python benchmarks/real_text.py latency FOLDER
+    python benchmarks/real_text.py levers [--epochs 4] [NAME_PREFIX]  # one lever at a time
     python benchmarks/real_text.py table                       # RESULTS.md rows
 
 `run` trains with `xformer train --data CORPUS/train.tsv` plus the given
@@ -16,8 +17,9 @@ Results go to `CORPUS/runs/NAME/` and `CORPUS/runs/results.json`.
 `keras_hub` trains keras-hub's `TransformerEncoder`/`TransformerDecoder`
 with `TokenAndPositionEmbedding` and its own `WordPieceTokenizer`
 (vocabularies from `compute_word_piece_vocabulary`), the same size as our
-`small` preset, in `model.fit` for the same wall time as our default run,
-and scores it on the same held-out pairs with greedy decoding.
+default preset (`--preset`, default `tiny`), in `model.fit` for
+`--minutes` (give it our default run's training time), and scores it on the
+same held-out pairs with greedy decoding.
 
 `latency` measures the SavedModel's time per sentence for 6-word inputs
 when exported with the trained (percentile) lengths and with the corpus'
@@ -91,8 +93,40 @@ def score(name, flags=(), wall=None):
     return 0
 
 
-def keras_hub_baseline(minutes, vocabulary_size=4000):
-    """keras-hub's layers and tokenizer, `small` size, trained for `minutes`."""
+# One lever turned at a time against the recipe's defaults (issue 16, items
+# 1-4). Each variant is `xformer train` with the base flags plus its own.
+LEVERS = {
+    "defaults": [],
+    "lengths: longest pair, not 99th percentile": ["--length-percentile", "100"],
+    "batches: 64 sentences, not 1500 tokens": ["--batch-tokens", "0"],
+    "no label smoothing": ["--label-smoothing", "0"],
+    "schedule: inverse square root, not linear decay": ["--schedule", "inverse-sqrt"],
+    "tokenizer: WordPiece, not SentencePiece": ["--tokenizer", "wordpiece"],
+    "separate vocabularies, not joint": ["--joint-vocabulary", "no"],
+    "no checkpoint averaging": ["--average-checkpoints", "1"],
+    "learning rate 4e-3, not 2e-3": ["--learning-rate", "4e-3"],
+}
+
+
+def levers(base, only=None):
+    """Runs every lever (or those whose name starts with one of `only`) as
+    `lever_<n>`, one after another, then scores each on the held-out pairs."""
+    for n, (name, flags) in enumerate(LEVERS.items()):
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
+        print(f"\n=== lever {n}: {name}", flush=True)
+        run(f"lever_{n}", [*base, *flags])
+        results = json.load(open(os.path.join(corpus_dir(), "runs", "results.json")))
+        results[f"lever_{n}"]["lever"] = name
+        with open(os.path.join(corpus_dir(), "runs", "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def keras_hub_baseline(minutes, vocabulary_size=4000, preset="tiny"):
+    """keras-hub's layers and tokenizer at our `preset`'s size, trained for
+    `minutes` with our learning-rate schedule (warm-up, inverse square
+    root, peak 2e-3) and batches padded to their longest sentence."""
     import keras
     import keras_hub
     import numpy as np
@@ -111,21 +145,26 @@ def keras_hub_baseline(minutes, vocabulary_size=4000):
     source_tok, target_tok = [keras_hub.tokenizers.WordPieceTokenizer(vocabulary=v)
                               for v in vocabs]
     length = 64
-    d, heads, ff, layers = 256, 4, 1024, 3
+    from keras_xformer.models.transformer import PRESETS
+    size = PRESETS[preset]
+    d, heads, ff, layers = (size["hidden_dim"], size["num_heads"], size["intermediate_dim"],
+                            size["num_layers"])
 
-    def encode(source, target):
+    def encode(source, target, fixed=False):
         s = source_tok(source)
         t = target_tok(target)
         s = tf.concat([s[:, : length - 1], tf.fill([s.nrows(), 1], 3)], 1).to_tensor(
-            shape=[None, length])
+            shape=[None, length] if fixed else None)
         t = tf.concat([tf.fill([t.nrows(), 1], 2), t[:, : length - 1],
-                       tf.fill([t.nrows(), 1], 3)], 1).to_tensor(shape=[None, length + 1])
+                       tf.fill([t.nrows(), 1], 3)], 1).to_tensor(
+            shape=[None, length + 1] if fixed else None)
         return (s, t[:, :-1]), t[:, 1:]
 
     def dataset(pairs, shuffle):
         data = tf.data.Dataset.from_tensor_slices((list(pairs[0]), list(pairs[1])))
         if shuffle:
             data = data.shuffle(len(pairs[0]), seed=0)
+        # Padded to each batch's longest sentence, not to 64.
         return data.batch(64).map(encode).prefetch(4)
 
     def build():
@@ -143,9 +182,13 @@ def keras_hub_baseline(minutes, vocabulary_size=4000):
 
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
 
+    from keras_xformer.schedules import TransformerSchedule
+
     model = build()
-    model.compile(keras.optimizers.Adam(5e-4), MaskedSparseCategoricalCrossentropy(
-        label_smoothing=0.1))
+    warmup = int(np.ceil(len(train[0]) / 64))
+    schedule = TransformerSchedule(d, warmup_steps=warmup, scale=2e-3 * (d * warmup) ** 0.5)
+    model.compile(keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
+                  MaskedSparseCategoricalCrossentropy(label_smoothing=0.1))
 
     class Deadline(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -166,7 +209,7 @@ def keras_hub_baseline(minutes, vocabulary_size=4000):
 
     hypotheses = []
     batches = tf.data.Dataset.from_tensor_slices(sources).batch(256).map(
-        lambda text: encode(text, text)[0][0])
+        lambda text: encode(text, text, fixed=True)[0][0])
     for s in batches:
         batch = int(tf.shape(s)[0])
         t = np.zeros((batch, length), "int32")
@@ -179,12 +222,13 @@ def keras_hub_baseline(minutes, vocabulary_size=4000):
         hypotheses += [x.decode("utf-8") if isinstance(x, bytes) else str(x)
                        for x in np.asarray(target_tok.detokenize(kept)).reshape(-1)]
     result = {"train_seconds": train_seconds, "parameters": model.count_params(),
+              "preset": preset, "epochs": len(model.history.history.get("loss", [])),
               "greedy": {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
                          "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}}
     for s, h, r in list(zip(sources, hypotheses, references))[:6]:
         print(f"  {s}  ->  {h}   (expected: {r})")
     print(json.dumps(result))
-    record("keras_hub_small", result)
+    record(f"keras_hub_{preset}", result)
     return 0
 
 
@@ -245,17 +289,26 @@ def table():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table"])
+    parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table",
+                                         "levers"])
     parser.add_argument("name", nargs="?")
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--preset", default="tiny", help="keras_hub: our preset's size")
+    parser.add_argument("--epochs", type=int, default=4, help="levers: epochs per run")
     args, rest = parser.parse_known_args(argv)
     sys.path.insert(0, ROOT)
     if args.mode == "run":
         return run(args.name, rest)
     if args.mode == "score":
         return score(args.name, rest)
+    if args.mode == "levers":
+        # Fixed epochs, not a time budget: the machine's load then changes
+        # the time a lever takes, not the training it gets.
+        base = ["--epochs", str(args.epochs), "--no-export", "--beam", "0",
+                "--patience", "0"]
+        return levers(base, [args.name] if args.name else None)
     if args.mode == "keras_hub":
-        return keras_hub_baseline(args.minutes)
+        return keras_hub_baseline(args.minutes, preset=args.preset)
     if args.mode == "latency":
         return latency(args.name)
     return table()

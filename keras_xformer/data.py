@@ -99,11 +99,10 @@ def make_dataset(
         )
 
     if bucket_boundaries:
-        dataset = _bucketed(dataset, source_tokenizer, target_tokenizer,
-                            bucket_boundaries, batch_size, tokens_per_batch,
-                            max(source_length, target_length))
-        dataset = dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.map(_trim_to_longest, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = _bucketed_ids(source_texts, target_texts, source_tokenizer,
+                                target_tokenizer, source_length, target_length,
+                                bucket_boundaries, batch_size, tokens_per_batch,
+                                shuffle, seed)
     else:
         dataset = dataset.batch(batch_size).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -119,6 +118,7 @@ def bucket_batch_sizes(boundaries, longest, batch_size, tokens_per_batch=None):
 
 def _bucketed(dataset, source_tokenizer, target_tokenizer, boundaries, batch_size,
               tokens_per_batch, longest):
+    """Text pairs in length buckets (a streamed corpus: tokenized on the fly)."""
     def length(source, target):
         # The longer side sets the padded size of both.
         return tf.cast(tf.maximum(tf.size(source_tokenizer.tokenize(source)),
@@ -142,6 +142,50 @@ def _trim_to_longest(inputs, labels):
         tf.reduce_max(tf.reduce_sum(tf.cast(labels != 0, tf.int32), axis=1)), 1
     )
     return (trim(source), target_inputs[:, :labels_length]), labels[:, :labels_length]
+
+
+def _encode_all(encode, tokenizer, texts, length, chunk=8192):
+    """Every text's ids, encoded as `encode` does (same truncation, [END]
+    kept), as a ragged tensor without the padding."""
+    rows = []
+    for i in range(0, len(texts), chunk):
+        dense = encode(tokenizer, tf.constant(list(texts[i : i + chunk])), length)
+        rows.append(tf.RaggedTensor.from_tensor(dense, padding=0))
+    return tf.concat(rows, axis=0)
+
+
+def _bucketed_ids(source_texts, target_texts, source_tokenizer, target_tokenizer,
+                  source_length, target_length, boundaries, batch_size, tokens_per_batch,
+                  shuffle, seed):
+    # The corpus is tokenized once, here, not again every epoch: on a
+    # 2-core machine the per-epoch tokenization ran on the cores the
+    # training step needs. The ids are kept ragged, so memory grows with
+    # the tokens, not with the padded lengths.
+    source = _encode_all(encode_source, source_tokenizer, source_texts, source_length)
+    target = _encode_all(encode_target, target_tokenizer, target_texts, target_length)
+    # Slices of a ragged tensor come out as rank-1 ragged elements, which
+    # `padded_batch` refuses; `identity` makes them plain tensors.
+    dataset = tf.data.Dataset.from_tensor_slices((source, target)).map(
+        lambda s, t: (tf.identity(s), tf.identity(t)))
+    if shuffle:
+        dataset = dataset.shuffle(len(source_texts), seed=seed, reshuffle_each_iteration=True)
+
+    def length(source, target):
+        # The longer side sets the padded size of both: pieces + [END].
+        return tf.maximum(tf.size(source), tf.size(target) - 1)
+
+    longest = max(source_length, target_length)
+    # Each batch is padded to its own longest example, not to the corpus'.
+    dataset = dataset.bucket_by_sequence_length(
+        length, bucket_boundaries=list(boundaries),
+        bucket_batch_sizes=bucket_batch_sizes(boundaries, longest, batch_size,
+                                              tokens_per_batch),
+    )
+
+    def split(source, target):
+        return (source, target[:, :-1]), target[:, 1:]
+
+    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------
