@@ -42,6 +42,7 @@ def trained(tmp_path_factory):
 def test_train_stops_at_its_time_budget_and_exports(trained):
     corpus, out, stdout = trained
     assert "Time budget reached" in stdout
+    assert "a linear decay to zero at 100000 epochs or the time budget" in stdout
     assert "BLEU" in stdout and "chrF" in stdout
     for name in ("model.keras", "source_vocab.txt", "tokenizer.json", "serving", "metrics.json"):
         assert os.path.exists(os.path.join(out, name)), name
@@ -89,3 +90,30 @@ def test_clear_errors(tmp_path, capsys):
     missing = str(tmp_path / "missing.tsv")
     assert cli.main(["train", "--data", missing, "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_linear_decay_reaches_zero_at_the_deadline_or_the_last_step():
+    from keras_xformer.pipeline import LinearDecayToDeadline
+
+    by_time = LinearDecayToDeadline(2e-3, warmup_steps=10, deadline=1100.0)
+    assert by_time.rate(0, 1000.0) == pytest.approx(2e-4)  # warm-up: 1/10 of the peak
+    assert by_time.rate(9, 1000.0) == pytest.approx(2e-3)
+    assert by_time.rate(10, 1000.0) == pytest.approx(2e-3)  # decay starts here, at t=1000
+    assert by_time.rate(50, 1050.0) == pytest.approx(1e-3)  # half the time left
+    assert by_time.rate(99, 1100.0) == pytest.approx(2e-5)  # the floor, never zero
+    by_step = LinearDecayToDeadline(1e-3, warmup_steps=10, total_steps=110)
+    assert by_step.rate(60, 0.0) == pytest.approx(5e-4)
+    both = LinearDecayToDeadline(1e-3, warmup_steps=10, deadline=200.0, total_steps=110)
+    both.rate(10, 100.0)
+    assert both.rate(60, 190.0) == pytest.approx(1e-4)  # the clock is nearer its end
+
+
+def test_recipe_flags_are_checked(tmp_path, capsys):
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("a\tb\n", encoding="utf-8")
+    for flags, message in ((["--label-smoothing", "1.5"], "--label-smoothing"),
+                           (["--dropout", "-0.1"], "--dropout"),
+                           (["--batch-tokens", "-5"], "--batch-tokens")):
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "o"), *flags])
+        assert message in capsys.readouterr().err
