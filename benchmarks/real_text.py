@@ -5,7 +5,7 @@
     python benchmarks/real_text.py score NAME                  # held-out scores of runs/NAME
     python benchmarks/real_text.py keras_hub --minutes 10
     python benchmarks/real_text.py latency FOLDER
-    python benchmarks/real_text.py levers [--epochs 4] [NAME_PREFIX]  # one lever at a time
+    python benchmarks/real_text.py levers [--lever-epochs 4] [NAME_PREFIX]  # one lever at a time
     python benchmarks/real_text.py table                       # RESULTS.md rows
 
 `run` trains with `xformer train --data CORPUS/train.tsv` plus the given
@@ -105,6 +105,8 @@ LEVERS = {
     "separate vocabularies, not joint": ["--joint-vocabulary", "no"],
     "no checkpoint averaging": ["--average-checkpoints", "1"],
     "learning rate 4e-3, not 2e-3": ["--learning-rate", "4e-3"],
+    "vocabulary 8000, not 3671": ["--vocabulary-size", "8000"],
+    "vocabulary 2000, not 3671": ["--vocabulary-size", "2000"],
 }
 
 
@@ -294,8 +296,10 @@ def main(argv=None):
     parser.add_argument("name", nargs="?")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="tiny", help="keras_hub: our preset's size")
-    parser.add_argument("--epochs", type=int, default=4, help="levers: epochs per run")
-    args, rest = parser.parse_known_args(argv)
+    parser.add_argument("--lever-epochs", type=int, default=4, help="levers: epochs per run")
+    # Intermixed: `levers --epochs 4 NAME` must give NAME to `name`, not to
+    # the flags passed through to `xformer train`.
+    args, rest = parser.parse_known_intermixed_args(argv)
     sys.path.insert(0, ROOT)
     if args.mode == "run":
         return run(args.name, rest)
@@ -304,7 +308,7 @@ def main(argv=None):
     if args.mode == "levers":
         # Fixed epochs, not a time budget: the machine's load then changes
         # the time a lever takes, not the training it gets.
-        base = ["--epochs", str(args.epochs), "--no-export", "--beam", "0",
+        base = ["--epochs", str(args.lever_epochs), "--no-export", "--beam", "0",
                 "--patience", "0"]
         return levers(base, [args.name] if args.name else None)
     if args.mode == "keras_hub":
