@@ -6,7 +6,8 @@ in one process at the sizes of benchmarks/generate.py (4+4 layers, width
 an XLA while-loop of 64 steps.
 
 Variants (those marked "wrong" leave a piece out, for timing only; the
-others are checked to give `generate`'s sequences):
+others are checked to give `generate`'s sequences; "ours" is `generate`,
+which after issue 14 is `top_k flat, cache rows`):
 
 - `top_k flat`: one `top_k` over (batch, k * vocab), as before issue 14;
   `two-stage`: per beam over the vocabulary, then over the k * k survivors.
@@ -54,8 +55,19 @@ def flat_select(candidates, k, vocabulary):
     return scores, flat_index // vocabulary, ops.cast(flat_index % vocabulary, "int32")
 
 
+def two_stage_select(candidates, k):
+    """The same choice as `flat_select` (ties included: `top_k` puts equal
+    values in index order, which the beam-major survivors keep): the k best
+    tokens of each beam, then the k best of those k * k."""
+    batch = ops.shape(candidates)[0]
+    per_beam, tokens = ops.top_k(candidates, k)  # (batch, k, k)
+    scores, flat = ops.top_k(ops.reshape(per_beam, (batch, k * k)), k)
+    next_ids = ops.take_along_axis(ops.reshape(tokens, (batch, k * k)), flat, axis=1)
+    return scores, flat // k, ops.cast(next_ids, "int32")
+
+
 def variant_beam_search(model, source_ids, max_length, k, length_penalty,
-                        select="two-stage", log_softmax=True, cache="rows"):
+                        select="flat", log_softmax=True, cache="rows"):
     """`beam_search` with one piece swapped. `select="flat", cache="take"`
     is the search before issue 14."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
@@ -86,7 +98,7 @@ def variant_beam_search(model, source_ids, max_length, k, length_penalty,
         if select == "flat":
             scores, beam, next_ids = flat_select(candidates, k, vocabulary)
         else:
-            scores, beam, next_ids = S._select_beams(candidates, k)
+            scores, beam, next_ids = two_stage_select(candidates, k)
         sequences = ops.take_along_axis(sequences, ops.expand_dims(beam, -1), axis=1)
         sequences = ops.slice_update(sequences, (0, 0, i), ops.expand_dims(next_ids, -1))
         was_done = ops.take_along_axis(done, beam, axis=1)
@@ -140,7 +152,7 @@ def pieces(batch, k):
 
     def top_two(x, s):
         c = tf.reshape(x, (batch, k, VOCAB)) + s[..., None]
-        return S._select_beams(c, k)[0]
+        return two_stage_select(c, k)[0]
 
     def lsm(x, s):
         return s + tf.reduce_max(tf.reshape(tf.nn.log_softmax(x), (batch, k, VOCAB)), -1)
@@ -180,17 +192,23 @@ def main():
                 source, max_length=NEW, method="beam", beam_size=BEAM),
             "beam before: top_k flat, cache take": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, select="flat", cache="take"), True),
-            "beam top_k flat, cache rows": (lambda: variant_beam_search(
-                model, source, NEW, BEAM, 0.6, select="flat"), True),
-            "beam two-stage, cache take": (lambda: variant_beam_search(
+            "beam top_k two-stage, cache rows": (lambda: variant_beam_search(
+                model, source, NEW, BEAM, 0.6, select="two-stage"), True),
+            "beam top_k flat, cache take": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, cache="take"), True),
-            "beam two-stage, no cache reorder (wrong)": (lambda: variant_beam_search(
+            "beam no cache reorder (wrong)": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, cache="none"), True),
-            "beam two-stage, no log_softmax (wrong)": (lambda: variant_beam_search(
+            "beam no log_softmax (wrong)": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, log_softmax=False), True),
             f"greedy batch {batch}": lambda: model.generate(source, max_length=NEW),
             f"greedy batch {batch * BEAM} (rows of the beams)": lambda: model.generate(
                 wide, max_length=NEW),
+            # Per step with caches half as long: how much of a step grows
+            # with the cache length (attention over all max_length slots).
+            f"beam, {NEW // 2} steps, caches of {NEW // 2}": lambda: model.generate(
+                source, max_length=NEW // 2, method="beam", beam_size=BEAM),
+            f"greedy batch {batch * BEAM}, {NEW // 2} steps, caches of {NEW // 2}": (
+                lambda: model.generate(wide, max_length=NEW // 2)),
         }
         variants.update(pieces(batch, BEAM))
         fns = {}
@@ -204,7 +222,7 @@ def main():
                 fns[name] = v
         ref = model.generate(source, max_length=NEW, method="beam", beam_size=BEAM)
         for name in fns:
-            if name.startswith("beam") and "wrong" not in name:
+            if name.startswith("beam") and "wrong" not in name and "steps" not in name:
                 # Same results as `generate`, before and after the change.
                 np.testing.assert_array_equal(fns[name](), ref)
         for fn in fns.values():
@@ -215,7 +233,8 @@ def main():
             for name, fn in fns.items():
                 start = time.perf_counter()
                 fn()
-                times[name].append(1e3 * (time.perf_counter() - start) / NEW)
+                steps = NEW // 2 if f"{NEW // 2} steps" in name else NEW
+                times[name].append(1e3 * (time.perf_counter() - start) / steps)
         print(f"\nbatch {batch}, beam {BEAM}, threads {ARGS.threads}: ms per step, "
               f"median of {ARGS.repeats} rounds in turns (min-max)", flush=True)
         for name, t in times.items():

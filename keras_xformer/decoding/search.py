@@ -66,53 +66,6 @@ def greedy_search(model, source_ids, max_length):
     return ops.while_loop(cond, body, loop_vars)[2]
 
 
-def _top_k(x, k):
-    """`ops.top_k` over the last axis with equal values in index order (the
-    lower index first), as TensorFlow's and JAX's `top_k` order them.
-    `torch.topk` leaves the order of ties open, so on PyTorch the ties at
-    the k-th value are settled here: beam search picks the same tokens on
-    every backend."""
-    if keras.backend.backend() != "torch":
-        return ops.top_k(x, k)
-    import torch
-
-    values, _ = torch.topk(x, k)
-    threshold = values[..., -1:]
-    above = x > threshold
-    tied = x == threshold
-    # The lowest-index ties fill the slots the larger values leave.
-    need = k - above.sum(-1, keepdim=True)
-    chosen = above | (tied & (torch.cumsum(tied, -1) <= need))
-    # Exactly k per row, in index order; a stable sort by value keeps it
-    # among equal values.
-    index = torch.nonzero(chosen)[:, -1].reshape(tuple(x.shape[:-1]) + (k,))
-    values = torch.take_along_dim(x, index, -1)
-    values, order = torch.sort(values, dim=-1, descending=True, stable=True)
-    return values, torch.take_along_dim(index, order, -1)
-
-
-def _select_beams(candidates, k):
-    """The `k` best of `(batch, k, vocabulary)` candidate scores per
-    example: `(scores, beam, token)`, each `(batch, k)`, best first.
-
-    The same choice, order and ties (the lower beam, then the lower token,
-    wins) as one `top_k` over the flattened `(batch, k * vocabulary)`
-    scores, in two smaller steps: the `k` best tokens of each beam, then the
-    `k` best of those `k * k`. Any of the overall `k` best is among its own
-    beam's `k` best, and `top_k` puts equal values in index order, which the
-    beam-major layout of the survivors keeps. On XLA:CPU a `top_k` over
-    32000 values per row measured slower than `k` of them over 8000
-    (benchmarks/beam_profile.py).
-    """
-    shape = ops.shape(candidates)
-    batch = shape[0]
-    per_beam, tokens = _top_k(candidates, k)  # (batch, k, k)
-    scores, flat = _top_k(ops.reshape(per_beam, (batch, k * k)), k)
-    beam = flat // k
-    next_ids = ops.take_along_axis(ops.reshape(tokens, (batch, k * k)), flat, axis=1)
-    return scores, beam, ops.cast(next_ids, "int32")
-
-
 def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
@@ -149,8 +102,14 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         )
         log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
         log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
-        candidates = ops.expand_dims(scores, -1) + log_probs
-        scores, beam, next_ids = _select_beams(candidates, k)
+        candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
+        # One top_k over all k * vocabulary candidates: XLA:CPU runs it as
+        # its TopK kernel, not a sort, and a two-stage top_k (per beam,
+        # then over the k * k survivors) measured no faster
+        # (benchmarks/beam_profile.py).
+        scores, flat_index = ops.top_k(candidates, k)
+        beam = flat_index // vocabulary
+        next_ids = ops.cast(flat_index % vocabulary, "int32")
         sequences = ops.take_along_axis(sequences, ops.expand_dims(beam, -1), axis=1)
         sequences = ops.slice_update(
             sequences, (0, 0, i), ops.expand_dims(next_ids, -1)
