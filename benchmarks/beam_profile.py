@@ -130,6 +130,35 @@ def variant_beam_search(model, source_ids, max_length, k, length_penalty,
     return ops.take_along_axis(sequences, ops.reshape(best, (-1, 1, 1)), axis=1)[:, 0]
 
 
+def without_attention_math(which, fn):
+    """`fn` traced with the single-query attention of the decoder's
+    self- (`which="self"`), cross- (`"cross"`) or both attentions replaced
+    by the first value row (wrong results: the cost of that math)."""
+    from keras_xformer.layers import attention
+
+    original = attention.scaled_dot_product_attention
+
+    def patched(query, key, value, mask=None, dropout=None, training=None):
+        if query.shape[1] != 1:
+            return original(query, key, value, mask, dropout, training)
+        patched.calls += 1
+        kind = "self" if patched.calls % 2 == 1 else "cross"
+        if which not in ("both", kind):
+            return original(query, key, value, mask, dropout, training)
+        weights = ops.zeros((query.shape[0], query.shape[2], 1, key.shape[1]))
+        return value[:, :1] + 0.0 * query, weights
+
+    def run():
+        patched.calls = 0
+        attention.scaled_dot_product_attention = patched
+        try:
+            return fn()
+        finally:
+            attention.scaled_dot_product_attention = original
+
+    return run
+
+
 def pieces(batch, k):
     """The beam step's selection and cache pieces alone, 64 steps in XLA."""
     rows = batch * k
@@ -203,6 +232,12 @@ def main():
             f"greedy batch {batch}": lambda: model.generate(source, max_length=NEW),
             f"greedy batch {batch * BEAM} (rows of the beams)": lambda: model.generate(
                 wide, max_length=NEW),
+            "beam no self-attention math (wrong)": (without_attention_math(
+                "self", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
+            "beam no cross-attention math (wrong)": (without_attention_math(
+                "cross", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
+            "beam no attention math (wrong)": (without_attention_math(
+                "both", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
             # Per step with caches half as long: how much of a step grows
             # with the cache length (attention over all max_length slots).
             f"beam, {NEW // 2} steps, caches of {NEW // 2}": lambda: model.generate(
