@@ -86,14 +86,27 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)
     batch_offsets = ops.expand_dims(ops.arange(batch) * k, 1)
 
-    def cond(i, tokens, sequences, scores, lengths, done, caches):
+    own_rows = ops.expand_dims(ops.arange(batch * k, dtype="int32"), 1)
+
+    def cond(i, tokens, sequences, scores, lengths, done, cache_rows, caches):
         return ops.logical_and(i < max_length, ops.logical_not(ops.all(done)))
 
-    def body(i, tokens, sequences, scores, lengths, done, caches):
-        logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
+    def body(i, tokens, sequences, scores, lengths, done, cache_rows, caches):
+        # The caches stay in place: each row writes position i into its own
+        # row, and `cache_rows` says where every beam's earlier positions
+        # are. Reordering the caches instead copied all of them twice a
+        # step (a gather, then back into the loop's buffer).
+        cache_rows = ops.slice_update(cache_rows, (0, i), own_rows)
+        logits, caches = model.decode_step(
+            tokens, i, caches, cross_caches, source_mask, cache_rows=cache_rows
+        )
         log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
         log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
         candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
+        # One top_k over all k * vocabulary candidates: XLA:CPU runs it as
+        # its TopK kernel, not a sort, and a two-stage top_k (per beam,
+        # then over the k * k survivors) measured no faster
+        # (benchmarks/beam_profile.py).
         scores, flat_index = ops.top_k(candidates, k)
         beam = flat_index // vocabulary
         next_ids = ops.cast(flat_index % vocabulary, "int32")
@@ -106,9 +119,10 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
             ops.logical_not(was_done), "int32"
         )
         done = was_done | (next_ids == model.end_token_id) | (next_ids == 0)
-        rows = ops.reshape(batch_offsets + beam, (-1,))
-        caches = [ops.take(c, rows, axis=0) for c in caches]
-        return i + 1, ops.reshape(next_ids, (-1, 1)), sequences, scores, lengths, done, caches
+        parents = ops.reshape(batch_offsets + beam, (-1,))
+        cache_rows = ops.take(cache_rows, parents, axis=0)
+        return (i + 1, ops.reshape(next_ids, (-1, 1)), sequences, scores, lengths, done,
+                cache_rows, caches)
 
     first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
     loop_vars = (
@@ -118,9 +132,10 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         ops.tile(ops.expand_dims(first_beam_only, 0), (batch, 1)),
         ops.zeros((batch, k), "int32"),
         ops.zeros((batch, k), "bool"),
+        ops.zeros((batch * k, max_length), "int32"),
         _empty_self_attention_caches(model, batch * k, max_length),
     )
-    _, _, sequences, scores, lengths, _, _ = ops.while_loop(cond, body, loop_vars)
+    _, _, sequences, scores, lengths, _, _, _ = ops.while_loop(cond, body, loop_vars)
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     best = ops.argmax(scores / penalty, axis=-1)
     return ops.take_along_axis(

@@ -115,6 +115,20 @@ def _fused_kernel_attention(query, key, value, mask, flash_attention):
     return ops.where(visible, outputs, ops.cast(uniform, outputs.dtype))
 
 
+def _read_cache_rows(cache, rows):
+    """Keys and values `(batch, T, heads, dim)` of a `(batch, 2, T, heads,
+    dim)` cache, position `t` of row `b` read from cache row `rows[b, t]`:
+    one gather of whole (heads, dim) slices."""
+    shape = ops.shape(cache)
+    length = shape[2]
+    flat = ops.reshape(cache, (-1,) + tuple(cache.shape[3:]))
+    # Flat index of (rows[b, t], 0, t) in the (batch * 2 * T) slices.
+    index = ops.cast(rows, "int32") * (2 * length) + ops.expand_dims(
+        ops.arange(length, dtype="int32"), 0
+    )
+    return ops.take(flat, index, axis=0), ops.take(flat, index + length, axis=0)
+
+
 def _fused_kernel_by_default():
     """Whether `ops.dot_product_attention` runs when the user did not ask
     for flash attention either way: on GPU/TPU, where the backends reach
@@ -235,6 +249,11 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         cache_update_index: where this call's keys/values are written into
             `cache`. `None` with a cache reuses the cache as it is (the
             cross-attention keys/values of an encoder output).
+        cache_rows: `(batch, max_length)` int, with `cache_update_index`:
+            the cache row that holds the keys/values of this row's position
+            `t`, for a cache whose rows are never reordered (beam search
+            follows its beams' parents through it instead of copying the
+            whole cache every step). `None`: row `b` holds row `b`'s.
 
     Returns:
         `outputs (batch, Tq, output_dim)`; with a cache
@@ -429,6 +448,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         use_causal_mask=False,
         cache=None,
         cache_update_index=None,
+        cache_rows=None,
     ):
         reuse_cache = cache is not None and cache_update_index is None
         if value is None and not reuse_cache:
@@ -440,6 +460,11 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             raise ValueError(
                 "`cache_update_index` needs a `cache`. Received: cache=None, "
                 f"cache_update_index={cache_update_index}"
+            )
+        if cache_rows is not None and cache_update_index is None:
+            raise ValueError(
+                "`cache_rows` needs a `cache` being updated: pass "
+                "`cache_update_index` too."
             )
         if not self._sequence_inputs:
             if cache is not None:
@@ -476,6 +501,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
                 query, value, key, query_mask, value_mask, key_mask,
                 attention_mask, return_attention_scores, training,
                 use_causal_mask, cache, cache_update_index, reuse_cache,
+                cache_rows,
             )
         finally:
             for tensor, mask in saved:
@@ -484,7 +510,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
     def _attend(
         self, query, value, key, query_mask, value_mask, key_mask,
         attention_mask, return_attention_scores, training, use_causal_mask,
-        cache, cache_update_index, reuse_cache,
+        cache, cache_update_index, reuse_cache, cache_rows=None,
     ):
         gate = self._gate_dense(query) if self._use_gate else None
         if reuse_cache:
@@ -515,7 +541,10 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
                 cache = ops.slice_update(
                     cache, (0, 0, cache_update_index, 0, 0), new_key_value
                 )
-                k, v = cache[:, 0], cache[:, 1]
+                if cache_rows is None:
+                    k, v = cache[:, 0], cache[:, 1]
+                else:
+                    k, v = _read_cache_rows(cache, cache_rows)
                 causal_offset = cache_update_index
                 # This call's padding masks describe its own tokens, not the
                 # cache slots.
@@ -642,6 +671,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         use_causal_mask=False,
         cache=None,
         cache_update_index=None,
+        cache_rows=None,
     ):
         if len(query.shape) != 3:
             # Keras' higher-rank layouts: trace the call for the shapes.

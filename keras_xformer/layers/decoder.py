@@ -44,6 +44,9 @@ class TransformerDecoderBlock(BlockBase):
             passed back on later steps.
         cache_update_index: position of `inputs[:, 0]` in the sequence (the
             slot of the self-attention cache to write).
+        self_attention_cache_rows: `(batch, max_length)` int, or `None`:
+            the cache row holding each row's keys/values at each position
+            (see `MultiHeadAttention`'s `cache_rows`; beam search).
         return_attention_scores: also return a dict with the
             `"self_attention"` and `"cross_attention"` weights
             `(batch, heads, Tq, Tk)`.
@@ -109,6 +112,7 @@ class TransformerDecoderBlock(BlockBase):
         cache_update_index=None,
         return_attention_scores=False,
         training=None,
+        self_attention_cache_rows=None,
     ):
         has_source = encoder_outputs is not None or cross_attention_cache is not None
         if has_source and self.cross_attention is None:
@@ -145,6 +149,7 @@ class TransformerDecoderBlock(BlockBase):
                 use_causal_mask=use_causal_mask,
                 cache=self_attention_cache,
                 cache_update_index=cache_update_index,
+                cache_rows=self_attention_cache_rows,
                 # Scores only when asked: without them the attention may
                 # run a fused (flash) kernel.
                 return_attention_scores=return_attention_scores,
@@ -232,6 +237,10 @@ class TransformerDecoder(StackBase):
         cross_attention_caches: a list of `num_layers` cross-attention
             caches, or `None` to compute them from `encoder_outputs`.
         cache_update_index: position of `inputs[:, 0]`.
+        self_attention_cache_rows: `(batch, max_length)` int, or `None`:
+            which cache row holds each row's keys/values at each position,
+            the same for every block (beam search; see
+            `MultiHeadAttention`'s `cache_rows`).
 
     Returns:
         `(batch, Tq, width)`; with caches
@@ -269,6 +278,7 @@ class TransformerDecoder(StackBase):
         self_attention_caches=None,
         cross_attention_caches=None,
         cache_update_index=None,
+        self_attention_cache_rows=None,
     ):
         decoder_padding_mask = padding_mask_or_keras_mask(
             decoder_padding_mask, inputs
@@ -306,6 +316,7 @@ class TransformerDecoder(StackBase):
                     else cross_attention_caches[i]
                 ),
                 cache_update_index=cache_update_index,
+                self_attention_cache_rows=self_attention_cache_rows,
                 training=training,
             )
             new_self.append(self_cache)

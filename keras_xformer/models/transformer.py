@@ -229,9 +229,12 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
         )
         return self.logits(y)
 
-    def decode_step(self, token_ids, index, self_caches, cross_caches, source_mask):
+    def decode_step(self, token_ids, index, self_caches, cross_caches, source_mask,
+                    cache_rows=None):
         """One cached decoding step: logits `(batch, vocab)` of the token(s)
-        at position `index`, and the updated self-attention caches."""
+        at position `index`, and the updated self-attention caches.
+        `cache_rows` `(batch, max_length)`: which cache row holds each row's
+        keys/values at each position (beam search), `None` for row `b`."""
         y = self.target_embedding(token_ids, start_index=index)
         y, self_caches, _ = self.decoder(
             y,
@@ -240,6 +243,7 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
             self_attention_caches=self_caches,
             cross_attention_caches=cross_caches,
             cache_update_index=index,
+            self_attention_cache_rows=cache_rows,
         )
         return self.logits(y)[:, -1], self_caches
 

@@ -1,0 +1,138 @@
+"""Beam search with its caches left in place (issue 14): each beam's
+earlier positions read through `cache_rows` instead of reordering every
+cache after every step; the same logits and sequences as before."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_xformer.decoding.search import _NEG
+
+
+def flat_select(candidates, k):
+    batch, _, vocabulary = candidates.shape
+    scores, flat = ops.top_k(ops.reshape(candidates, (batch, -1)), k)
+    return scores, flat // vocabulary, ops.cast(flat % vocabulary, "int32")
+
+
+def reference_beam_search(model, source_ids, max_length, k, length_penalty):
+    """The beam search before issue 14, kept as the reference: one top_k
+    over all candidates, caches reordered (copied) after every step."""
+    encoder_outputs, source_mask = model.encode(source_ids, training=False)
+    batch = source_ids.shape[0]
+    cross = [ops.repeat(c, k, axis=0)
+             for c in model.decoder.compute_cross_attention_caches(encoder_outputs)]
+    source_mask = ops.repeat(source_mask, k, axis=0)
+    vocabulary = model.target_vocabulary_size
+    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)
+    head_dim = model.hidden_dim // model.num_heads
+    caches = [ops.zeros((batch * k, 2, max_length, model.num_heads, head_dim))
+              for _ in range(model.num_layers)]
+    tokens = ops.full((batch * k, 1), model.start_token_id, "int32")
+    sequences = np.zeros((batch, k, max_length), "int32")
+    scores = np.tile(np.where(np.arange(k) == 0, 0.0, _NEG).astype("float32"), (batch, 1))
+    lengths = np.zeros((batch, k), "int32")
+    done = np.zeros((batch, k), bool)
+    for i in range(max_length):
+        if done.all():
+            break
+        logits, caches = model.decode_step(tokens, i, caches, cross, source_mask)
+        log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
+        log_probs = ops.where(ops.convert_to_tensor(done[..., None]), pad_only, log_probs)
+        candidates = ops.convert_to_tensor(scores[..., None]) + log_probs
+        scores, beam, ids = (ops.convert_to_numpy(t) for t in flat_select(candidates, k))
+        sequences = np.take_along_axis(sequences, beam[..., None], axis=1)
+        sequences[:, :, i] = ids
+        was_done = np.take_along_axis(done, beam, axis=1)
+        lengths = np.take_along_axis(lengths, beam, axis=1) + ~was_done
+        done = was_done | (ids == model.end_token_id) | (ids == 0)
+        rows = ops.convert_to_tensor((np.arange(batch)[:, None] * k + beam).reshape(-1))
+        caches = [ops.take(c, rows, axis=0) for c in caches]
+        tokens = ops.convert_to_tensor(ids.reshape(-1, 1))
+    penalty = ((5.0 + lengths) / 6.0) ** length_penalty
+    best = np.argmax(scores / penalty, axis=-1)
+    return sequences[np.arange(batch), best], scores
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_beam_search_equals_the_reordering_reference(norm_first):
+    from keras_xformer.models import Transformer
+
+    keras.utils.set_random_seed(1)
+    model = Transformer(30, 30, num_layers=2, hidden_dim=16, num_heads=2,
+                        intermediate_dim=32, dropout=0.0, norm_first=norm_first,
+                        tie_output_embeddings=False)
+    model.build()
+    # Larger random weights and a [PAD]-free output, so the beams differ
+    # and run on (at initialisation every beam says [PAD] at once).
+    rng = np.random.default_rng(5)
+    for variable in model.trainable_variables:
+        if len(variable.shape) >= 2:
+            variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
+    bias = np.zeros(30, "float32")
+    bias[0], bias[3] = -1e4, -1.0
+    model.output_projection.bias.assign(bias)
+    source = rng.integers(4, 30, (4, 7)).astype("int32")
+    source[1, 5:] = 0
+    expected, _ = reference_beam_search(model, source, 9, 3, 0.6)
+    assert len({tuple(row) for row in expected}) > 1
+    for jit_compile in (True, False):
+        got = model.generate(source, max_length=9, method="beam", beam_size=3,
+                             jit_compile=jit_compile)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_cache_rows_read_like_a_reordered_cache():
+    from keras_xformer.layers import MultiHeadAttention
+
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 1, 8)).astype("float32")
+    cache = rng.normal(size=(3, 2, 5, 2, 4)).astype("float32")
+    # Position t of row b lives in cache row rows[b, t]; position 2 (this
+    # step's, being written) in the row itself.
+    rows = np.array([[2, 0, 0, 1, 1], [1, 1, 1, 0, 0], [0, 2, 2, 2, 2]], "int32")
+    rows[:, 2] = np.arange(3)
+    out, new_cache = layer(x, x, cache=cache, cache_update_index=2,
+                           cache_rows=rows, use_causal_mask=True)
+    gathered = cache[rows, :, np.arange(5)[None]]  # (3, 5, 2, heads, dim)
+    reordered = np.transpose(gathered, (0, 2, 1, 3, 4)).copy()
+    expected, _ = layer(x, x, cache=reordered, cache_update_index=2, use_causal_mask=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6)
+    # The cache itself is written in place: row b, position 2.
+    np.testing.assert_array_equal(np.asarray(new_cache)[:, :, :2], cache[:, :, :2])
+    with pytest.raises(ValueError, match="cache_update_index"):
+        layer(x, x, cache=cache, cache_rows=rows)
+
+
+def test_decode_step_with_cache_rows_equals_reordered_caches():
+    """Random parents every step (beams swapping, dying, duplicating): the
+    logits read through `cache_rows` from caches left in place equal those
+    from caches physically reordered, as the search did before."""
+    from keras_xformer.models import Transformer
+
+    keras.utils.set_random_seed(3)
+    model = Transformer(30, 30, num_layers=2, hidden_dim=16, num_heads=2,
+                        intermediate_dim=32, dropout=0.0, norm_first=True)
+    model.build()
+    rng = np.random.default_rng(4)
+    rows, steps = 6, 7
+    source = rng.integers(4, 30, (rows, 5)).astype("int32")
+    encoder_outputs, source_mask = model.encode(source)
+    cross = model.decoder.compute_cross_attention_caches(encoder_outputs)
+    head_dim = model.hidden_dim // model.num_heads
+    zeros = [ops.zeros((rows, 2, steps, model.num_heads, head_dim))
+             for _ in range(model.num_layers)]
+    moved, in_place = list(zeros), list(zeros)
+    cache_rows = np.zeros((rows, steps), "int32")
+    for i in range(steps):
+        tokens = ops.convert_to_tensor(rng.integers(4, 30, (rows, 1)).astype("int32"))
+        cache_rows[:, i] = np.arange(rows)
+        expected, moved = model.decode_step(tokens, i, moved, cross, source_mask)
+        got, in_place = model.decode_step(tokens, i, in_place, cross, source_mask,
+                                          cache_rows=ops.convert_to_tensor(cache_rows))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+        parents = rng.integers(0, rows, rows).astype("int32")
+        moved = [ops.take(c, ops.convert_to_tensor(parents), axis=0) for c in moved]
+        cache_rows = cache_rows[parents]
