@@ -106,6 +106,7 @@ LEVERS = {
     "no checkpoint averaging": ["--average-checkpoints", "1"],
     "learning rate 4e-3, not 2e-3": ["--learning-rate", "4e-3"],
     "vocabulary 8000, not 3671": ["--vocabulary-size", "8000"],
+    "batches: 800 tokens, not 1500": ["--batch-tokens", "800"],
     "vocabulary 2000, not 3671": ["--vocabulary-size", "2000"],
 }
 
