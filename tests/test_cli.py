@@ -33,7 +33,9 @@ def trained(tmp_path_factory):
          str(out), "--time-budget", "1", "--no-tflite", "--batch-tokens", "800",
          # Only the budget may end training: on a fast machine 100 epochs of
          # 270 pairs, or 3 epochs without a better validation loss, came first.
-         "--epochs", "100000", "--patience", "100000"],
+         "--epochs", "100000", "--patience", "100000",
+         # The opt-in schedule, decaying to zero at the budget's end.
+         "--schedule", "linear"],
         capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     return corpus, out, result.stdout
