@@ -7,9 +7,8 @@ Candidates (greedy and beam 4, batch 1 and 8):
 - ours: `Transformer.generate` with and without XLA; the same search
   behind a SavedModel (ids in, ids out, loaded with `tf.saved_model.load`);
   the TFLite file of `export_tflite`, float and dynamic int8 (batch 1,
-  greedy: the file's signature); Keras' `model.quantize("int8")` (as Keras
-  does it here: its Dense and Embedding layers; our attention keeps float
-  weights until it has a `quantize` of its own).
+  greedy: the file's signature); Keras' `model.quantize("int8")` (every
+  projection, attention included, and the embeddings).
 - CTranslate2: our weights exported with `export_ctranslate2`, float32 and
   int8, `intra_threads` equal to TensorFlow's.
 - keras-hub: `BartSeq2SeqLM.generate` (its whole-model cached path; greedy
