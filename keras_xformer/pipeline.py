@@ -73,11 +73,13 @@ def add_training_arguments(parser, own_data=False):
                              "sentences per batch)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="peak learning rate of the warm-up schedule (default 2e-3)")
-    parser.add_argument("--schedule", default="auto",
-                        choices=["auto", "inverse-sqrt", "linear"],
+    # Measured on the catalogs corpus (4 epochs each, benchmarks/RESULTS.md):
+    # the inverse square root ended with a lower validation loss and higher
+    # beam BLEU than a linear decay from the same 2e-3 peak.
+    parser.add_argument("--schedule", default="inverse-sqrt", choices=["inverse-sqrt", "linear"],
                         help="learning rate after the warm-up: the paper's inverse square "
-                             "root (auto), or a linear decay to zero at the end of training "
-                             "(--epochs or --time-budget)")
+                             "root (default), or a linear decay to zero at the end of "
+                             "training (--epochs or --time-budget)")
     parser.add_argument("--vocabulary-size", type=int, default=None,
                         help="word pieces per vocabulary (default: from the corpus size)")
     parser.add_argument("--tokenizer", default="auto",
@@ -91,7 +93,7 @@ def add_training_arguments(parser, own_data=False):
                              "training pairs; longer ones are left out of training")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="minutes for the whole run: training stops early enough to "
-                             "evaluate and export within it (default with --data: 12)")
+                             "evaluate and export within it (default with --data: 14)")
     parser.add_argument("--average-checkpoints", type=int, default=None,
                         help="average the weights of the last N epochs (default with --data: 3)")
     parser.add_argument("--patience", type=int, default=None,
@@ -738,14 +740,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         print(f"Model: preset {preset!r}, {model.count_params():,} parameters"
               + (", shared and tied embeddings" if settings["joint"] else ""))
     epochs, schedule, warmup = _fit_settings(args, model, len(train[0]), steps_per_epoch)
-    schedule_kind = args.schedule
-    if schedule_kind == "auto":
-        # Measured on the catalogs corpus (4 epochs each, benchmarks/
-        # RESULTS.md): the inverse square root ended with a lower
-        # validation loss and higher beam BLEU than a linear decay from
-        # the same 2e-3 peak, so `linear` is opt-in.
-        schedule_kind = "inverse-sqrt"
-    if schedule_kind == "linear":
+    if args.schedule == "linear":
         from keras_xformer.distribute import in_multi_worker_mode
 
         if in_multi_worker_mode(strategy) and args.time_budget:
@@ -761,7 +756,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         end = " or ".join(([f"{epochs} epochs"] if args.epochs else [])
                           + (["the time budget"] if args.time_budget else []))
         print(f"Learning rate: warm-up over {warmup} steps to {args.learning_rate:g}, then "
-              + (f"a linear decay to zero at {end}" if schedule_kind == "linear"
+              + (f"a linear decay to zero at {end}" if args.schedule == "linear"
                  else "the inverse square root of the step"))
     with strategy.scope():
         model.compile(
@@ -794,7 +789,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         reserve = min(0.3 * args.time_budget * 60, 45 + (0 if args.no_export else 105))
         budget = TimeBudget(args.started + args.time_budget * 60 - reserve)
         callbacks.append(budget)
-    if schedule_kind == "linear":
+    if args.schedule == "linear":
         callbacks.append(LinearDecayToDeadline(
             args.learning_rate, warmup, deadline=budget.deadline if budget else None,
             total_steps=epochs * steps_per_epoch if (args.epochs or not real) else None))
