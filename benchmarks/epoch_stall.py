@@ -38,10 +38,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     from keras_xformer import pipeline
     from keras_xformer.data import bucket_batch_sizes
+    from keras_xformer.data import bucketed_steps
     from keras_xformer.data import make_dataset
     from keras_xformer.datasets import parallel_text
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
@@ -56,8 +56,7 @@ def main(argv=None):
     source_length, target_length, keep, lengths = pipeline.choose_lengths(
         tokenizer, tokenizer, train, percentile=99)
     train = ([s for s, k in zip(train[0], keep) if k], [t for t, k in zip(train[1], keep) if k])
-    buckets = [b for b in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)
-               if b < max(source_length, target_length)]
+    buckets = [b for b in pipeline.LENGTH_BUCKETS if b < max(source_length, target_length)]
     data = make_dataset(*train, tokenizer, tokenizer, source_length, target_length,
                         batch_size=64, seed=0, bucket_boundaries=buckets, tokens_per_batch=800)
     validation = make_dataset(*validation, tokenizer, tokenizer, source_length, target_length,
@@ -65,10 +64,8 @@ def main(argv=None):
                               tokens_per_batch=800)
     steps = None
     if args.mode == "repeat":
-        padded = np.maximum(lengths[0][keep], lengths[1][keep]) + 1
-        bucket_of = np.searchsorted(np.asarray(buckets), padded, side="right")
         sizes = bucket_batch_sizes(buckets, max(source_length, target_length), 64, 800)
-        steps = int(sum(-(-int(np.sum(bucket_of == b)) // size) for b, size in enumerate(sizes)))
+        steps = bucketed_steps(lengths[0][keep], lengths[1][keep], buckets, sizes)
         data = data.repeat()
 
     model = pipeline.build_model("tiny", (tokenizer.vocabulary_size,) * 2, True)

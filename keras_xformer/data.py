@@ -116,6 +116,20 @@ def bucket_batch_sizes(boundaries, longest, batch_size, tokens_per_batch=None):
     return [max(1, int(tokens_per_batch) // upper) for upper in uppers]
 
 
+def bucketed_steps(source_lengths, target_lengths, boundaries, batch_sizes):
+    """Batches in one pass of `make_dataset(..., bucket_boundaries=boundaries)`
+    over pairs of these word-piece counts (as `token_lengths` gives them,
+    none longer than the dataset's lengths), when its buckets hold
+    `batch_sizes` examples (`bucket_batch_sizes`): each bucket ends with
+    one partial batch. `fit` needs it as `steps_per_epoch` for a repeated
+    dataset."""
+    # The dataset's bucket key: pieces + [END] on the longer side.
+    padded = np.maximum(np.asarray(source_lengths), np.asarray(target_lengths)) + 1
+    bucket_of = np.searchsorted(np.asarray(boundaries), padded, side="right")
+    counts = np.bincount(bucket_of, minlength=len(batch_sizes))
+    return int(sum(-(-int(count) // size) for count, size in zip(counts, batch_sizes)))
+
+
 def _bucketed(dataset, source_tokenizer, target_tokenizer, boundaries, batch_size,
               tokens_per_batch, longest):
     """Text pairs in length buckets (a streamed corpus: tokenized on the fly)."""

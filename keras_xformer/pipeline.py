@@ -49,6 +49,8 @@ ARTEFACTS = (
 # Model size by training pairs, for --data (measured: benchmarks/RESULTS.md).
 # Between "tiny" (2 layers, width 128) and the paper's "base".
 DATA_PRESETS = ((100000, "tiny"), (500000, "small"), (None, "medium"))
+# Bucket boundaries (padded tokens) for batching a real corpus by length.
+LENGTH_BUCKETS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)
 
 
 def add_training_arguments(parser, own_data=False):
@@ -662,6 +664,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     import tensorflow as tf
 
     from keras_xformer.data import bucket_batch_sizes
+    from keras_xformer.data import bucketed_steps
     from keras_xformer.data import make_dataset
     from keras_xformer.distribute import MultiWorkerBackupAndRestore
     from keras_xformer.distribute import assert_same_on_all_workers
@@ -706,17 +709,14 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     tokens_per_batch = None
     longest = max(source_length, target_length)
     if real:
-        buckets = [b for b in (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192) if b < longest]
+        buckets = [b for b in LENGTH_BUCKETS if b < longest]
         tokens_per_batch = args.batch_tokens or None
         sizes = bucket_batch_sizes(buckets, longest, args.batch_size, tokens_per_batch)
         per_batch = (f"about {tokens_per_batch} tokens" if tokens_per_batch
                      else f"{args.batch_size} sentences")
         print(f"Batching by length: {per_batch} per batch, "
               f"bucket boundaries {buckets}, batch sizes {sizes}")
-        padded = np.maximum(lengths[0], lengths[1]) + 1
-        bucket_of = np.searchsorted(np.asarray(buckets), padded, side="right")
-        steps_per_epoch = int(sum(math.ceil(np.sum(bucket_of == b) / size)
-                                  for b, size in enumerate(sizes)))
+        steps_per_epoch = bucketed_steps(lengths[0], lengths[1], buckets, sizes)
     else:
         steps_per_epoch = int(np.ceil(len(train[0]) / args.batch_size))
     train_data = make_dataset(*train, source_tokenizer, target_tokenizer, source_length,

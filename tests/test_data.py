@@ -5,7 +5,9 @@ from keras_xformer.data import choose_length
 from keras_xformer.data import encode_source
 from keras_xformer.data import encode_target
 from keras_xformer.data import bucket_batch_sizes
+from keras_xformer.data import bucketed_steps
 from keras_xformer.data import make_dataset
+from keras_xformer.data import token_lengths
 from keras_xformer.text import WordPieceTokenizer
 
 # TensorFlow-only feature (tests/conftest.py): skipped on JAX and PyTorch.
@@ -82,6 +84,11 @@ def test_token_batches_hold_about_the_same_number_of_tokens():
         # A bucket's batch size is tokens_per_batch // its upper bound.
         assert source.shape[0] * target_out.shape[1] <= 128 + 16
     assert seen == 300
+    # `fit(steps_per_epoch=...)` on the repeated dataset relies on this count.
+    lengths = token_lengths(tok, sources)
+    batches = sum(1 for _ in dataset)
+    assert bucketed_steps(lengths, lengths, [4, 8, 16],
+                          bucket_batch_sizes([4, 8, 16], 32, 64, 128)) == batches
     assert bucket_batch_sizes([4, 8, 16], 32, 64, 128) == [32, 16, 8, 3]
     assert bucket_batch_sizes([4, 8], 32, 64) == [64, 64, 64]
 
