@@ -7,7 +7,7 @@ an XLA while-loop of 64 steps.
 
 Variants (those marked "wrong" leave a piece out, for timing only; the
 others are checked to give `generate`'s sequences; "ours" is `generate`,
-which after issue 14 is `top_k flat, cache rows`, split caches, in phases):
+which after issue 14 is `top_k flat, cache rows`):
 
 - `top_k flat`: one `top_k` over (batch, k * vocab), as before issue 14;
   `two-stage`: per beam over the vocabulary, then over the k * k survivors.
@@ -15,9 +15,6 @@ which after issue 14 is `top_k flat, cache rows`, split caches, in phases):
   parents' rows), as before issue 14; `cache rows`: caches in place, the
   attention reading each beam's positions through `cache_rows`.
 - `no log_softmax`, `no cache reorder`: that piece left out.
-- `one phase`: `generate`'s beam search in one loop over caches of
-  `max_length`, where `generate` runs phases of 32 steps over caches grown a
-  phase at a time (the variants below all run one loop).
 - `before: stacked caches` (beam and greedy): keras-hub's stacked
   `(rows, 2, T, heads, dim)` caches, whose one-query attention is a broadcast
   multiply and sums; `generate` now keeps split heads-first `(keys, values)`
@@ -284,8 +281,6 @@ def main():
                 source, max_length=NEW, method="beam", beam_size=BEAM),
             "beam before: top_k flat, cache take": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, select="flat", cache="take"), True),
-            "beam ours, one phase (caches of 64 throughout)": (lambda: S.beam_search(
-                model, source, NEW, BEAM, 0.6, phase_steps=None), True),
             "beam before: stacked caches": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, layout="stacked"), True),
             "beam top_k two-stage, cache rows": (lambda: variant_beam_search(

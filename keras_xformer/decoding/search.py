@@ -43,29 +43,6 @@ def _argmax(logits):
     return ops.cast(ops.argmax(logits, axis=-1), "int32")
 
 
-# Beam search runs its loop in phases of this many steps, each over
-# self-attention caches only as long as the positions written so far need
-# (rounded up to a phase): CTranslate2's caches grow with the sequence, and
-# XLA's shapes are static, so ours grow a phase at a time. At 32 rows this
-# took about 7% off a beam step (benchmarks/beam_profile.py, `one phase`);
-# greedy steps, with 4x fewer rows, measured no gain and keep one loop.
-_BEAM_PHASE_STEPS = 32
-
-
-def _phase_lengths(max_length, steps):
-    """The cache length of each phase: `steps`, `2 * steps`, ...,
-    `max_length`."""
-    return list(range(steps, max_length, steps)) + [max_length]
-
-
-def _grow_caches(caches, length):
-    """Split caches zero-padded to `length` positions (one copy a phase)."""
-    def pad(t):
-        return ops.pad(t, [[0, 0], [0, 0], [0, length - t.shape[2]], [0, 0]])
-
-    return [tuple(pad(t) for t in cache) for cache in caches]
-
-
 def greedy_search(model, source_ids, max_length):
     """Argmax decoding; see `Transformer.generate`. Returns `(batch,
     max_length)` int32 ids."""
@@ -97,14 +74,11 @@ def greedy_search(model, source_ids, max_length):
     return ops.while_loop(cond, body, loop_vars)[2]
 
 
-def beam_search(model, source_ids, max_length, beam_size, length_penalty,
-                phase_steps=_BEAM_PHASE_STEPS):
+def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
     beams. A finished beam keeps its score and competes for its slot; the
-    search stops when every beam has finished. The loop runs in phases of
-    `phase_steps` steps (`None`: one loop) whose self-attention caches
-    grow a phase at a time; the results are the same. Returns `(batch,
+    search stops when every beam has finished. Returns `(batch,
     max_length)` int32 ids."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
@@ -161,29 +135,17 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
                 cache_rows, caches)
 
     first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
-    phases = _phase_lengths(max_length, phase_steps or max_length)
-    state = (
+    loop_vars = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch * k, 1), model.start_token_id, "int32"),
         ops.zeros((batch, k, max_length), "int32"),
         ops.tile(ops.expand_dims(first_beam_only, 0), (batch, 1)),
         ops.zeros((batch, k), "int32"),
         ops.zeros((batch, k), "bool"),
-        ops.zeros((batch * k, phases[0]), "int32"),
-        _empty_self_attention_caches(model, batch * k, phases[0]),
+        ops.zeros((batch * k, max_length), "int32"),
+        _empty_self_attention_caches(model, batch * k, max_length),
     )
-    for p, length in enumerate(phases):
-        if p:
-            # Positions past the last phase's are masked (causal) until
-            # written, so zeros do.
-            grown_rows = ops.pad(state[6], [[0, 0], [0, length - phases[p - 1]]])
-            state = state[:6] + (grown_rows, _grow_caches(state[7], length))
-
-        def phase_cond(i, *rest, length=length):
-            return ops.logical_and(i < length, cond(i, *rest))
-
-        state = ops.while_loop(phase_cond, body, state)
-    _, _, sequences, scores, lengths, _, _, _ = state
+    _, _, sequences, scores, lengths, _, _, _ = ops.while_loop(cond, body, loop_vars)
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     best = ops.argmax(scores / penalty, axis=-1)
     return ops.take_along_axis(
