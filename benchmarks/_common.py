@@ -4,7 +4,12 @@ this CPU's speed drifts between runs)."""
 import json
 import os
 import statistics
+import sys
 import time
+
+# Measure the checkout this script lives in (a worktree, a branch), not
+# whichever keras_xformer happens to be pip-installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

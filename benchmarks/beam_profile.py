@@ -15,6 +15,10 @@ which after issue 14 is `top_k flat, cache rows`):
   parents' rows), as before issue 14; `cache rows`: caches in place, the
   attention reading each beam's positions through `cache_rows`.
 - `no log_softmax`, `no cache reorder`: that piece left out.
+- `before: stacked caches` (beam and greedy): keras-hub's stacked
+  `(rows, 2, T, heads, dim)` caches, whose one-query attention is a broadcast
+  multiply and sums; `generate` now keeps split heads-first `(keys, values)`
+  caches, read with batched matmuls.
 
     flock /tmp/kx_cpu.lock python benchmarks/beam_profile.py --threads 1
 """
@@ -41,6 +45,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
+from keras import tree  # noqa: E402
 
 from keras_xformer.decoding import search as S  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
@@ -66,14 +71,24 @@ def two_stage_select(candidates, k):
     return scores, flat // k, ops.cast(next_ids, "int32")
 
 
+def stacked_caches(model, batch, max_length):
+    """Self-attention caches in keras-hub's stacked layout (batch, 2, T, heads,
+    dim), as `generate` used before its split heads-first caches."""
+    head_dim = model.hidden_dim // model.num_heads
+    shape = (batch, 2, max_length, model.num_heads, head_dim)
+    return [ops.zeros(shape) for _ in range(model.num_layers)]
+
+
 def variant_beam_search(model, source_ids, max_length, k, length_penalty,
-                        select="flat", log_softmax=True, cache="rows"):
+                        select="flat", log_softmax=True, cache="rows", layout="split"):
     """`beam_search` with one piece swapped. `select="flat", cache="take"`
-    is the search before issue 14."""
+    is the search before issue 14; `layout="stacked"` the caches before the
+    split heads-first layout."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
-    cross_caches = [ops.repeat(c, k, axis=0)
-                    for c in model.decoder.compute_cross_attention_caches(encoder_outputs)]
+    cross_caches = [tree.map_structure(lambda t: ops.repeat(t, k, axis=0), c)
+                    for c in model.decoder.compute_cross_attention_caches(
+                        encoder_outputs, layout=layout)]
     source_mask = ops.repeat(source_mask, k, axis=0)
     vocabulary = model.target_vocabulary_size
     pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, S._NEG)
@@ -107,7 +122,8 @@ def variant_beam_search(model, source_ids, max_length, k, length_penalty,
         done = was_done | (next_ids == model.end_token_id) | (next_ids == 0)
         parents = ops.reshape(batch_offsets + beam, (-1,))
         if cache == "take":
-            caches = [ops.take(c, parents, axis=0) for c in caches]
+            caches = [tree.map_structure(lambda t: ops.take(t, parents, axis=0), c)
+                      for c in caches]
         elif cache == "rows":
             cache_rows = ops.take(cache_rows, parents, axis=0)
         return (i + 1, ops.reshape(next_ids, (-1, 1)), sequences, scores, lengths, done,
@@ -122,7 +138,8 @@ def variant_beam_search(model, source_ids, max_length, k, length_penalty,
         ops.zeros((batch, k), "int32"),
         ops.zeros((batch, k), "bool"),
         ops.zeros((batch * k, max_length), "int32"),
-        S._empty_self_attention_caches(model, batch * k, max_length),
+        (S._empty_self_attention_caches(model, batch * k, max_length) if layout == "split"
+         else stacked_caches(model, batch * k, max_length)),
     )
     _, _, sequences, scores, lengths, _, _, _ = ops.while_loop(cond, body, loop_vars)
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
@@ -130,31 +147,74 @@ def variant_beam_search(model, source_ids, max_length, k, length_penalty,
     return ops.take_along_axis(sequences, ops.reshape(best, (-1, 1, 1)), axis=1)[:, 0]
 
 
+def stacked_greedy_search(model, source_ids, max_length):
+    """`greedy_search` with keras-hub's stacked caches (before the split
+    heads-first layout)."""
+    encoder_outputs, source_mask = model.encode(source_ids, training=False)
+    cross_caches = model.decoder.compute_cross_attention_caches(encoder_outputs)
+    batch = ops.shape(source_ids)[0]
+
+    def body(i, tokens, outputs, done, caches):
+        logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
+        next_ids = ops.where(done, 0, S._argmax(logits))
+        outputs = ops.slice_update(outputs, (0, i), ops.expand_dims(next_ids, 1))
+        done = done | (next_ids == model.end_token_id) | (next_ids == 0)
+        return i + 1, ops.expand_dims(next_ids, 1), outputs, done, caches
+
+    loop_vars = (
+        ops.convert_to_tensor(0, "int32"),
+        ops.full((batch, 1), model.start_token_id, "int32"),
+        ops.zeros((batch, max_length), "int32"),
+        ops.zeros((batch,), "bool"),
+        stacked_caches(model, batch, max_length),
+    )
+    return ops.while_loop(
+        lambda i, t, o, done, c: ops.logical_and(i < max_length,
+                                                 ops.logical_not(ops.all(done))),
+        body, loop_vars)[2]
+
+
 def without_attention_math(which, fn):
     """`fn` traced with the single-query attention of the decoder's
     self- (`which="self"`), cross- (`"cross"`) or both attentions replaced
-    by the first value row (wrong results: the cost of that math)."""
+    by the first value row (wrong results: the cost of that math), in
+    either cache layout."""
     from keras_xformer.layers import attention
 
-    original = attention.scaled_dot_product_attention
+    originals = {
+        "scaled_dot_product_attention": attention.scaled_dot_product_attention,
+        "_heads_first_attention": attention._heads_first_attention,
+    }
+    calls = [0]
 
-    def patched(query, key, value, mask=None, dropout=None, training=None):
-        if query.shape[1] != 1:
-            return original(query, key, value, mask, dropout, training)
-        patched.calls += 1
-        kind = "self" if patched.calls % 2 == 1 else "cross"
-        if which not in ("both", kind):
-            return original(query, key, value, mask, dropout, training)
-        weights = ops.zeros((query.shape[0], query.shape[2], 1, key.shape[1]))
-        return value[:, :1] + 0.0 * query, weights
+    def patch(name):
+        original = originals[name]
+        heads_first = name == "_heads_first_attention"
+
+        def patched(query, key, value, mask=None, dropout=None, training=None):
+            if query.shape[1] != 1:
+                return original(query, key, value, mask, dropout, training)
+            calls[0] += 1
+            kind = "self" if calls[0] % 2 == 1 else "cross"
+            if which not in ("both", kind):
+                return original(query, key, value, mask, dropout, training)
+            length = key.shape[2 if heads_first else 1]
+            weights = ops.zeros((query.shape[0], query.shape[2], 1, length))
+            first = (ops.transpose(value[:, :, :1], (0, 2, 1, 3)) if heads_first
+                     else value[:, :1])
+            return first + 0.0 * query, weights
+
+        return patched
 
     def run():
-        patched.calls = 0
-        attention.scaled_dot_product_attention = patched
+        calls[0] = 0
+        for name in originals:
+            setattr(attention, name, patch(name))
         try:
             return fn()
         finally:
-            attention.scaled_dot_product_attention = original
+            for name, original in originals.items():
+                setattr(attention, name, original)
 
     return run
 
@@ -221,6 +281,8 @@ def main():
                 source, max_length=NEW, method="beam", beam_size=BEAM),
             "beam before: top_k flat, cache take": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, select="flat", cache="take"), True),
+            "beam before: stacked caches": (lambda: variant_beam_search(
+                model, source, NEW, BEAM, 0.6, layout="stacked"), True),
             "beam top_k two-stage, cache rows": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, select="two-stage"), True),
             "beam top_k flat, cache take": (lambda: variant_beam_search(
@@ -232,6 +294,10 @@ def main():
             f"greedy batch {batch}": lambda: model.generate(source, max_length=NEW),
             f"greedy batch {batch * BEAM} (rows of the beams)": lambda: model.generate(
                 wide, max_length=NEW),
+            f"greedy batch {batch} before: stacked caches": (lambda: stacked_greedy_search(
+                model, source, NEW), True),
+            f"greedy batch {batch * BEAM} before: stacked caches": (
+                lambda: stacked_greedy_search(model, wide, NEW), True),
             "beam no self-attention math (wrong)": (without_attention_math(
                 "self", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
             "beam no cross-attention math (wrong)": (without_attention_math(
@@ -256,10 +322,15 @@ def main():
             else:
                 fns[name] = v
         ref = model.generate(source, max_length=NEW, method="beam", beam_size=BEAM)
+        greedy_refs = {f"greedy batch {batch} ": model.generate(source, max_length=NEW),
+                       f"greedy batch {batch * BEAM} ": model.generate(wide, max_length=NEW)}
         for name in fns:
             if name.startswith("beam") and "wrong" not in name and "steps" not in name:
                 # Same results as `generate`, before and after the change.
                 np.testing.assert_array_equal(fns[name](), ref)
+            if name.endswith("before: stacked caches") and name.startswith("greedy"):
+                expected = [v for p, v in greedy_refs.items() if name.startswith(p)][0]
+                np.testing.assert_array_equal(fns[name](), expected)
         for fn in fns.values():
             fn()
             fn()

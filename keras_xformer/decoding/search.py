@@ -21,9 +21,15 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def _empty_self_attention_caches(model, batch, max_length):
+    """Split (keys, values) caches, heads first: a one-token step then reads
+    them with batched matmuls in place (see `MultiHeadAttention`'s
+    `cache`)."""
     head_dim = model.hidden_dim // model.num_heads
-    shape = (batch, 2, max_length, model.num_heads, head_dim)
-    return [ops.zeros(shape, model.compute_dtype) for _ in range(model.num_layers)]
+    shape = (batch, model.num_heads, max_length, head_dim)
+    return [
+        (ops.zeros(shape, model.compute_dtype), ops.zeros(shape, model.compute_dtype))
+        for _ in range(model.num_layers)
+    ]
 
 
 def _argmax(logits):
@@ -41,7 +47,9 @@ def greedy_search(model, source_ids, max_length):
     """Argmax decoding; see `Transformer.generate`. Returns `(batch,
     max_length)` int32 ids."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
-    cross_caches = model.decoder.compute_cross_attention_caches(encoder_outputs)
+    cross_caches = model.decoder.compute_cross_attention_caches(
+        encoder_outputs, layout="split"
+    )
     batch = ops.shape(source_ids)[0]
 
     def cond(i, tokens, outputs, done, caches):
@@ -77,8 +85,10 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     batch = ops.shape(source_ids)[0]
     # Beams live in the batch axis: (batch * k, ...), beam-major per example.
     cross_caches = [
-        ops.repeat(c, k, axis=0)
-        for c in model.decoder.compute_cross_attention_caches(encoder_outputs)
+        tuple(ops.repeat(t, k, axis=0) for t in c)
+        for c in model.decoder.compute_cross_attention_caches(
+            encoder_outputs, layout="split"
+        )
     ]
     source_mask = ops.repeat(source_mask, k, axis=0)
     vocabulary = model.target_vocabulary_size

@@ -20,6 +20,15 @@ from keras_xformer.layers._quantization import dtype_policy_config
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
+CACHE_LAYOUTS = ("stacked", "split")
+
+
+def check_cache_layout(layout):
+    if layout not in CACHE_LAYOUTS:
+        raise ValueError(
+            f'`layout` must be "stacked" or "split". Received: layout={layout!r}'
+        )
+
 # Masked logits are replaced (not added to) with this value, in float32: a
 # row whose keys are all masked becomes uniform instead of NaN, and no
 # float16 overflow can happen because the softmax never runs in half
@@ -69,6 +78,25 @@ def scaled_dot_product_attention(
         outputs = ops.sum(per_key * value, axis=1, keepdims=True)  # (b, 1, h, d)
     else:
         outputs = ops.einsum("bhqk,bkhd->bqhd", dropped, value)
+    return outputs, weights
+
+
+def _heads_first_attention(query, key, value, mask=None, dropout=None, training=None):
+    """`scaled_dot_product_attention` for keys and values laid out heads
+    first, `(batch, heads, key_length, dim)` (a split cache): the scores and
+    the weighted sum are two batched matmuls (batch and heads as batch
+    dimensions) that read the cache in place. Same arguments and results
+    otherwise (`query` `(batch, query_length, heads, key_dim)`)."""
+    dtype = query.dtype
+    query = query * ops.cast(1.0 / math.sqrt(query.shape[-1]), dtype)
+    # On XLA:CPU these are `dot`s. The (batch, keys, heads, dim) layout
+    # gives a broadcast multiply and a sum instead (the einsum would
+    # transpose the cache), whose weighted sum over more than 32 keys is
+    # materialized at (batch, keys, heads, dim) before being summed
+    # (benchmarks/beam_profile.py).
+    logits = ops.einsum("bqhd,bhkd->bhqk", query, key)
+    weights, dropped = _attention_weights(logits, mask, dtype, dropout, training)
+    outputs = ops.einsum("bhqk,bhkd->bqhd", dropped, value)
     return outputs, weights
 
 
@@ -127,6 +155,31 @@ def _read_cache_rows(cache, rows):
         ops.arange(length, dtype="int32"), 0
     )
     return ops.take(flat, index, axis=0), ops.take(flat, index + length, axis=0)
+
+
+def _read_split_cache_rows(keys, values, rows):
+    """`_read_cache_rows` for a split cache: keys and values `(batch, heads,
+    T, dim)` with position `t` of row `b` read from cache row `rows[b, t]`,
+    one gather of `dim`-sized slices each."""
+    shape = ops.shape(keys)
+    heads, length = shape[1], shape[2]
+    # Flat index of (rows[b, t], h, t) in the (batch * heads * T) slices.
+    index = (
+        ops.expand_dims(ops.cast(rows, "int32") * (heads * length), 1)
+        + ops.reshape(ops.arange(heads, dtype="int32") * length, (1, -1, 1))
+        + ops.reshape(ops.arange(length, dtype="int32"), (1, 1, -1))
+    )
+    dim = keys.shape[-1]
+    return (
+        ops.take(ops.reshape(keys, (-1, dim)), index, axis=0),
+        ops.take(ops.reshape(values, (-1, dim)), index, axis=0),
+    )
+
+
+def is_split_cache(cache):
+    """Whether `cache` is a `(keys, values)` pair (the split layout) rather
+    than one stacked `(batch, 2, T, heads, dim)` tensor."""
+    return isinstance(cache, (tuple, list))
 
 
 def _fused_kernel_by_default():
@@ -245,7 +298,12 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             cache: `<= cache_update_index + i`, which also hides the cache
             slots not filled yet).
         cache: `(batch, 2, max_length, heads, key_dim)` keys and values of
-            earlier steps, or `None`.
+            earlier steps (keras-hub's layout), or a `(keys, values)` pair
+            of `(batch, heads, max_length, key_dim)` tensors (the split
+            layout, heads first: what `generate` uses, since a one-token
+            step then reads the cache with two batched matmuls in place),
+            or `None`. The cache comes back in the layout it came in
+            (`compute_cache(..., layout=...)` makes either).
         cache_update_index: where this call's keys/values are written into
             `cache`. `None` with a cache reuses the cache as it is (the
             cross-attention keys/values of an encoder output).
@@ -409,16 +467,48 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             return _concatenate_projections(self, x, denses)
         return [dense(x) for dense in denses]
 
-    def compute_cache(self, value, key=None):
-        """The `(batch, 2, T, heads, key_dim)` key/value cache of `value`.
+    def compute_cache(self, value, key=None, layout="stacked"):
+        """The key/value cache of `value`.
 
         Used to compute the cross-attention keys and values of an encoder
         output once before decoding; pass the result as `cache` with
         `cache_update_index=None` on every step.
+
+        Args:
+            value: `(batch, T, dim)`.
+            key: `(batch, T, dim)`, default `value`.
+            layout: `"stacked"`, one `(batch, 2, T, heads, key_dim)`
+                tensor (keras-hub's layout), or `"split"`, a `(keys,
+                values)` pair of `(batch, heads, T, key_dim)` tensors,
+                which single-query decoding steps read faster (batched
+                matmuls over the cache in place).
+
+        Returns:
+            The cache in the requested layout.
         """
         self._check_cache_dims()
+        check_cache_layout(layout)
         k, v = self.project_key_value(value if key is None else key, value)
-        return ops.stack([k, ops.cast(v, k.dtype)], axis=1)
+        v = ops.cast(v, k.dtype)
+        if layout == "split":
+            return ops.transpose(k, (0, 2, 1, 3)), ops.transpose(v, (0, 2, 1, 3))
+        return ops.stack([k, v], axis=1)
+
+    def _check_split_cache(self, cache):
+        if len(cache) != 2 or any(len(t.shape) != 4 for t in cache):
+            raise ValueError(
+                "A split `cache` must be a (keys, values) pair of (batch, "
+                "num_heads, max_length, key_dim) tensors. Received: "
+                f"{[tuple(t.shape) for t in cache]}"
+            )
+        expected = (self.num_heads, self.key_dim)
+        for t in cache:
+            if (t.shape[1], t.shape[3]) != expected:
+                raise ValueError(
+                    "A split `cache` must be a (keys, values) pair of (batch, "
+                    f"num_heads={self.num_heads}, max_length, key_dim="
+                    f"{self.key_dim}) tensors. Received: {tuple(t.shape)}"
+                )
 
     def _check_cache_dims(self):
         if self.value_dim != self.key_dim:
@@ -522,12 +612,39 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             k, v = self.project_key_value(key, value)
 
         causal_offset = 0
-        if cache is not None:
+        heads_first = cache is not None and is_split_cache(cache)
+        if heads_first:
+            self._check_cache_dims()
+            self._check_split_cache(cache)
+            keys, values = cache
+            if cache_update_index is None:
+                k, v = keys, values
+            else:
+                # In place, as for the stacked cache: one dynamic-update-slice
+                # per tensor into the loop's buffers.
+                keys = ops.slice_update(
+                    keys, (0, 0, cache_update_index, 0),
+                    ops.cast(ops.transpose(k, (0, 2, 1, 3)), keys.dtype),
+                )
+                values = ops.slice_update(
+                    values, (0, 0, cache_update_index, 0),
+                    ops.cast(ops.transpose(v, (0, 2, 1, 3)), values.dtype),
+                )
+                cache = (keys, values)
+                if cache_rows is None:
+                    k, v = keys, values
+                else:
+                    k, v = _read_split_cache_rows(keys, values, cache_rows)
+                causal_offset = cache_update_index
+                value_mask = key_mask = None
+        elif cache is not None:
             self._check_cache_dims()
             if len(cache.shape) != 5 or cache.shape[1] != 2:
                 raise ValueError(
                     "`cache` must have shape (batch, 2, max_length, "
-                    f"num_heads, key_dim). Received: cache.shape={cache.shape}"
+                    "num_heads, key_dim), or be a (keys, values) pair of "
+                    "(batch, num_heads, max_length, key_dim) tensors. "
+                    f"Received: cache.shape={cache.shape}"
                 )
             if cache_update_index is None:
                 k, v = cache[:, 0], cache[:, 1]
@@ -552,7 +669,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
 
         mask = merge_attention_masks(
             ops.shape(q)[1],
-            ops.shape(k)[1],
+            ops.shape(k)[2 if heads_first else 1],
             query_mask=query_mask,
             value_mask=value_mask,
             key_mask=key_mask,
@@ -568,6 +685,7 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             mask,
             training,
             return_attention_scores,
+            heads_first=heads_first,
         )
         if gate is not None:
             attended = attended * ops.cast(gate, attended.dtype)
@@ -596,10 +714,12 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         training=None,
         return_attention_scores=False,
         use_causal_mask=False,
+        heads_first=False,
     ):
         """Scaled dot-product attention of projected `(batch, T, heads,
         dim)` tensors (or Keras' higher-rank layouts): `(outputs, scores)`,
-        the softmax in float32, fully masked rows finite."""
+        the softmax in float32, fully masked rows finite. `heads_first`:
+        `key` and `value` are `(batch, heads, T, dim)` (a split cache)."""
         if self._flash_attention and return_attention_scores:
             raise ValueError(
                 "Returning attention scores is not supported when flash "
@@ -620,13 +740,18 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
                 while len(mask.shape) < 3:
                     mask = ops.expand_dims(mask, 0)
             if self._use_fused_kernel(training, return_attention_scores):
+                if heads_first:
+                    # The fused kernels take (batch, T, heads, dim).
+                    key = ops.transpose(key, (0, 2, 1, 3))
+                    value = ops.transpose(value, (0, 2, 1, 3))
                 outputs = _fused_kernel_attention(
                     query, key, value, mask, self._flash_attention
                 )
                 return outputs, None
-            return scaled_dot_product_attention(
-                query, key, value, mask, dropout=dropout, training=training
+            attend = (
+                _heads_first_attention if heads_first else scaled_dot_product_attention
             )
+            return attend(query, key, value, mask, dropout=dropout, training=training)
         # Higher-rank inputs with `attention_axes`: Keras' equations, our
         # softmax.
         dtype = query.dtype
@@ -690,8 +815,13 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         results = (outputs,)
         key_length = None if value is None else value.shape[1]
         if cache is not None:
-            results += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
-            key_length = cache.shape[2]
+            if is_split_cache(cache):
+                results += (
+                    tuple(keras.KerasTensor(t.shape, dtype=t.dtype) for t in cache),
+                )
+            else:
+                results += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
+            key_length = cache[0].shape[2] if is_split_cache(cache) else cache.shape[2]
         if return_attention_scores:
             results += (
                 keras.KerasTensor(

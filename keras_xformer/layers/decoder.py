@@ -7,6 +7,7 @@ from keras_xformer.layers._block import BlockBase
 from keras_xformer.layers._block import StackBase
 from keras_xformer.layers._block import check_width
 from keras_xformer.layers._block import padding_mask_or_keras_mask
+from keras_xformer.layers.attention import is_split_cache
 
 _register = keras.saving.register_keras_serializable(package="keras_xformer")
 
@@ -37,10 +38,13 @@ class TransformerDecoderBlock(BlockBase):
             `encoder_outputs` when not given.
         use_causal_mask: mask future positions in self-attention.
         self_attention_cache: `(batch, 2, max_length, heads, key_dim)`, or
-            `None`. With it the call is one incremental decoding step.
+            a split `(keys, values)` pair of `(batch, heads, max_length,
+            key_dim)` (see `MultiHeadAttention`'s `cache`), or `None`. With
+            it the call is one incremental decoding step.
         cross_attention_cache: `(batch, 2, Ts, heads, key_dim)` keys and
-            values of the encoder output. `None` on the first cached step:
-            they are computed from `encoder_outputs` and returned, to be
+            values of the encoder output (or a split pair). `None` on the
+            first cached step: they are computed from `encoder_outputs`
+            (in the self-attention cache's layout) and returned, to be
             passed back on later steps.
         cache_update_index: position of `inputs[:, 0]` in the sequence (the
             slot of the self-attention cache to write).
@@ -94,11 +98,14 @@ class TransformerDecoderBlock(BlockBase):
         self.feed_forward_norm.build(inputs_shape)
         self.feed_forward_dropout = self._dropout()
 
-    def compute_cross_attention_cache(self, encoder_outputs):
-        """`(batch, 2, Ts, heads, key_dim)` cross-attention keys and values."""
+    def compute_cross_attention_cache(self, encoder_outputs, layout="stacked"):
+        """Cross-attention keys and values: `(batch, 2, Ts, heads,
+        key_dim)`, or with `layout="split"` a `(keys, values)` pair of
+        `(batch, heads, Ts, key_dim)` (see `MultiHeadAttention`'s
+        `compute_cache`)."""
         if self.cross_attention is None:
             raise ValueError("This decoder block has no cross-attention.")
-        return self.cross_attention.compute_cache(encoder_outputs)
+        return self.cross_attention.compute_cache(encoder_outputs, layout=layout)
 
     def call(
         self,
@@ -173,7 +180,10 @@ class TransformerDecoderBlock(BlockBase):
         if self.cross_attention is not None:
             if caching and new_cross_cache is None:
                 new_cross_cache = self.compute_cross_attention_cache(
-                    encoder_outputs
+                    encoder_outputs,
+                    layout=(
+                        "split" if is_split_cache(self_attention_cache) else "stacked"
+                    ),
                 )
 
             def cross_attend(y):
@@ -261,10 +271,12 @@ class TransformerDecoder(StackBase):
         if self.final_norm is not None:
             self.final_norm.build(inputs_shape)
 
-    def compute_cross_attention_caches(self, encoder_outputs):
-        """The cross-attention cache of every block, computed once."""
+    def compute_cross_attention_caches(self, encoder_outputs, layout="stacked"):
+        """The cross-attention cache of every block, computed once, in
+        `layout` `"stacked"` or `"split"` (see `MultiHeadAttention`'s
+        `compute_cache`)."""
         return [
-            block.compute_cross_attention_cache(encoder_outputs)
+            block.compute_cross_attention_cache(encoder_outputs, layout=layout)
             for block in self.blocks
         ]
 

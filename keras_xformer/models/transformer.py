@@ -232,7 +232,9 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
     def decode_step(self, token_ids, index, self_caches, cross_caches, source_mask,
                     cache_rows=None):
         """One cached decoding step: logits `(batch, vocab)` of the token(s)
-        at position `index`, and the updated self-attention caches.
+        at position `index`, and the updated self-attention caches (one
+        per block, stacked or split `(keys, values)` pairs: see
+        `MultiHeadAttention`'s `cache`; `generate` uses split ones).
         `cache_rows` `(batch, max_length)`: which cache row holds each row's
         keys/values at each position (beam search), `None` for row `b`."""
         y = self.target_embedding(token_ids, start_index=index)

@@ -106,10 +106,12 @@ def test_cache_rows_read_like_a_reordered_cache():
         layer(x, x, cache=cache, cache_rows=rows)
 
 
-def test_decode_step_with_cache_rows_equals_reordered_caches():
+@pytest.mark.parametrize("layout", ["stacked", "split"])
+def test_decode_step_with_cache_rows_equals_reordered_caches(layout):
     """Random parents every step (beams swapping, dying, duplicating): the
     logits read through `cache_rows` from caches left in place equal those
-    from caches physically reordered, as the search did before."""
+    from caches physically reordered, as the search did before, in both
+    cache layouts."""
     from keras_xformer.models import Transformer
 
     keras.utils.set_random_seed(3)
@@ -120,10 +122,14 @@ def test_decode_step_with_cache_rows_equals_reordered_caches():
     rows, steps = 6, 7
     source = rng.integers(4, 30, (rows, 5)).astype("int32")
     encoder_outputs, source_mask = model.encode(source)
-    cross = model.decoder.compute_cross_attention_caches(encoder_outputs)
+    cross = model.decoder.compute_cross_attention_caches(encoder_outputs, layout=layout)
     head_dim = model.hidden_dim // model.num_heads
-    zeros = [ops.zeros((rows, 2, steps, model.num_heads, head_dim))
-             for _ in range(model.num_layers)]
+    if layout == "stacked":
+        zeros = [ops.zeros((rows, 2, steps, model.num_heads, head_dim))
+                 for _ in range(model.num_layers)]
+    else:
+        zeros = [(ops.zeros((rows, model.num_heads, steps, head_dim)),) * 2
+                 for _ in range(model.num_layers)]
     moved, in_place = list(zeros), list(zeros)
     cache_rows = np.zeros((rows, steps), "int32")
     for i in range(steps):
@@ -134,5 +140,6 @@ def test_decode_step_with_cache_rows_equals_reordered_caches():
                                           cache_rows=ops.convert_to_tensor(cache_rows))
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
         parents = rng.integers(0, rows, rows).astype("int32")
-        moved = [ops.take(c, ops.convert_to_tensor(parents), axis=0) for c in moved]
+        moved = [keras.tree.map_structure(
+            lambda t: ops.take(t, ops.convert_to_tensor(parents), axis=0), c) for c in moved]
         cache_rows = cache_rows[parents]

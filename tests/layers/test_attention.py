@@ -198,6 +198,57 @@ class MultiHeadAttentionTest(LayerTestCase):
         np.testing.assert_allclose(to_numpy(out), to_numpy(full), atol=1e-5)
         np.testing.assert_array_equal(to_numpy(same_cache), to_numpy(cache))
 
+    def test_split_cache_decoding_equals_full_pass_and_stacked_cache(self):
+        layer = MultiHeadAttention(H, 4)
+        x, memory = random_inputs(B, T, D), random_inputs(B, 9, D)
+        full = to_numpy(layer(x, x, use_causal_mask=True))
+        stacked = np.zeros((B, 2, T, H, 4), "float32")
+        split = (np.zeros((B, H, T, 4), "float32"), np.zeros((B, H, T, 4), "float32"))
+        for t in range(T):
+            step = x[:, t : t + 1]
+            out, split = layer(step, step, use_causal_mask=True, cache=split,
+                               cache_update_index=t)
+            expected, stacked = layer(step, step, use_causal_mask=True, cache=stacked,
+                                      cache_update_index=t)
+            np.testing.assert_allclose(to_numpy(out[:, 0]), to_numpy(full[:, t]), atol=1e-5)
+            np.testing.assert_allclose(to_numpy(out), to_numpy(expected), atol=1e-6)
+        self.assertIsInstance(split, tuple)
+        # The same keys and values, heads first.
+        np.testing.assert_allclose(
+            np.stack([to_numpy(c) for c in split], 1),
+            np.transpose(to_numpy(stacked), (0, 1, 3, 2, 4)), atol=1e-6)
+        # Two tokens at a time, with scores.
+        split = (np.zeros((B, H, T, 4), "float32"), np.zeros((B, H, T, 4), "float32"))
+        for t in range(0, T, 2):
+            step = x[:, t : t + 2]
+            out, split, scores = layer(step, step, use_causal_mask=True, cache=split,
+                                       cache_update_index=ops.convert_to_tensor(t),
+                                       return_attention_scores=True)
+            np.testing.assert_allclose(to_numpy(out), to_numpy(full[:, t : t + 2]), atol=1e-5)
+            self.assertEqual(tuple(scores.shape), (B, H, 2, T))
+        # Cross-attention over a split cache of the memory.
+        memory_mask = np.ones((B, 9), bool)
+        memory_mask[1, 5:] = False
+        cross = layer.compute_cache(memory, layout="split")
+        self.assertEqual([tuple(c.shape) for c in cross], [(B, H, 9, 4)] * 2)
+        out, same = layer(x, None, value_mask=memory_mask, cache=cross)
+        np.testing.assert_allclose(
+            to_numpy(out), to_numpy(layer(x, memory, value_mask=memory_mask)), atol=1e-5)
+        self.assertIs(same[0], cross[0])
+
+    def test_bad_split_cache_is_a_clear_error(self):
+        layer = MultiHeadAttention(H, 4)
+        x = random_inputs(B, 1, D)
+        layer(x, x)
+        with pytest.raises(ValueError, match="layout"):
+            layer.compute_cache(x, layout="heads_first")
+        with pytest.raises(ValueError, match="split `cache`"):
+            # Stacked-layout tensors passed as a pair.
+            layer(x, x, cache=(np.zeros((B, T, H, 4)), np.zeros((B, T, H, 4))),
+                  cache_update_index=0)
+        with pytest.raises(ValueError, match="split `cache`"):
+            layer(x, x, cache=(np.zeros((B, H, T, 4)),), cache_update_index=0)
+
     def test_fit_with_xla(self):
         q = keras.Input((T, D))
         out = MultiHeadAttention(H, 4, dropout=0.1)(q, q, use_causal_mask=True)

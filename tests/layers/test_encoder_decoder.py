@@ -151,6 +151,25 @@ class TransformerDecoderBlockTest(LayerTestCase):
             self.assertEqual(tuple(scores["cross_attention"].shape), (B, H, T, S))
             self.assertEqual(tuple(scores["self_attention"].shape), (B, H, T, T))
 
+    def test_split_cache_decoding_equals_full_pass(self):
+        block = TransformerDecoderBlock(H, F)
+        x, memory = random_inputs(B, T, D), random_inputs(B, S, D)
+        full = np.asarray(block(x, memory, encoder_padding_mask=SOURCE_PADDING))
+        self_cache = (np.zeros((B, H, T, D // H), "float32"),) * 2
+        cross_cache = None
+        for t in range(T):
+            out, self_cache, cross_cache = block(
+                x[:, t : t + 1], memory if t == 0 else None,
+                encoder_padding_mask=SOURCE_PADDING,
+                self_attention_cache=self_cache,
+                cross_attention_cache=cross_cache,
+                cache_update_index=t,
+            )
+            # The cross-attention cache made on the first step follows the
+            # self-attention cache's layout.
+            self.assertEqual([tuple(c.shape) for c in cross_cache], [(B, H, S, D // H)] * 2)
+            np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5)
+
     def test_stack_cache_decoding_equals_full_pass(self):
         decoder = TransformerDecoder(2, H, F, norm_first=True)
         x, memory = random_inputs(B, T, D), random_inputs(B, S, D)
