@@ -10,10 +10,11 @@ occurrence counts as copied when the target holds it at least as many times
 as the source). `keras_xformer.text.spans.DEFAULT_PATTERN` protects the
 kinds copied in >= 90% of cases. Measured on the training split only.
 
-`kept` counts, on the held-out `CORPUS/test.tsv`, the spans that the
-default pattern protects and the reference copies verbatim, and how many of
-them appear verbatim in a run's `test_translations.txt` (benchmarks/
-real_text.py writes it); with BLEU and chrF of the same file.
+`kept` counts, on the held-out `CORPUS/test.tsv`, the distinct spans that
+`SpanProtector()` protects in each source and the reference copies
+verbatim, and how many of them appear verbatim in a run's
+`test_translations.txt` (benchmarks/real_text.py writes it, beam 4); with
+cased BLEU and chrF of the same file. `KX_CORPUS` names the corpus folder.
 """
 
 import argparse
@@ -28,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # RE2 (TensorFlow's regex ops) read alike.
 CANDIDATES = {
     "python-format %(name)s": r"%\([A-Za-z0-9_.]+\)[-#0+]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrsa]",
-    "printf %s %d %1$s %-5.2f": r"%(?:[0-9]+\$)?[-#0+']*[0-9]*(?:\.[0-9]+)?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGcsp]",
+    "printf %s %d %r %1$s %-5.2f": r"%(?:[0-9]+\$)?[-#0+']*[0-9]*(?:\.[0-9]+)?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGcsrap]",
     "brace {0} {name} {}": r"\{[A-Za-z0-9_.:!\[\]]*\}",
     "double brace {{...}}": r"\{\{[^{}]*\}\}",
     "dollar ${name} $name": r"\$\{[A-Za-z0-9_.]+\}|\$[A-Za-z_][A-Za-z0-9_]*",
@@ -100,6 +101,24 @@ def classes(path):
         share = kept / found if found else float("nan")
         rows.append((name, pattern, sentences, found, kept, share,
                      ", ".join(f"`{s}`" for s, _ in examples.most_common(3))))
+    # The pattern as protected: keras_xformer.text.spans (TensorFlow ops),
+    # distinct spans per source, a source that is one span left as text.
+    sys.path.insert(0, ROOT)
+    from keras_xformer.text.spans import SpanProtector
+
+    protector = SpanProtector()
+    found = kept = sentences = 0
+    for i in range(0, len(pairs), 4096):
+        chunk = pairs[i : i + 4096]
+        _, spans = protector.protect([source for source, _ in chunk])
+        for (source, target), row in zip(chunk, spans.to_list()):
+            row = [span.decode("utf-8") for span in row]
+            if row:
+                sentences += 1
+                found += len(row)
+                kept += sum(span in target for span in row)
+    rows.append(("**the default pattern, as protected** (distinct spans, max 16)",
+                 None, sentences, found, kept, kept / max(found, 1), ""))
     print(f"Copy rates on {path} ({len(pairs)} pairs)\n")
     print("| kind | source sentences | spans | copied verbatim | share | most often not copied |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -115,8 +134,10 @@ def kept(names, corpus):
     sys.path.insert(0, ROOT)
     from keras_xformer.text import spans as kx_spans
 
-    regex = re.compile(kx_spans.DEFAULT_PATTERN, re.ASCII)
+    protector = kx_spans.SpanProtector()
     pairs = read_pairs(os.path.join(corpus, "test.tsv"))
+    _, found_spans = protector.protect([source for source, _ in pairs])
+    found_spans = [[span.decode("utf-8") for span in row] for row in found_spans.to_list()]
     references = [t for _, t in pairs]
     print("| run | sentences with spans | reference-copied spans | kept in output | share | "
           "BLEU | chrF |")
@@ -126,16 +147,15 @@ def kept(names, corpus):
         with open(path, encoding="utf-8") as f:
             hypotheses = f.read().split("\n")[: len(pairs)]
         sentences = total = found = 0
-        for (source, reference), hypothesis in zip(pairs, hypotheses):
-            spans = regex.findall(source)
+        for (source, reference), hypothesis, spans in zip(pairs, hypotheses, found_spans):
             if not spans:
                 continue
             sentences += 1
             # Only spans the reference copies: a reference that translates
             # one is no evidence either way.
-            wanted = [s for s in spans if s in reference]
+            wanted = [span for span in spans if span in reference]
             total += len(wanted)
-            found += copied(wanted, hypothesis)
+            found += sum(span in hypothesis for span in wanted)
         bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
         chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
         print(f"| {name} | {sentences} of {len(pairs)} | {total} | {found} | "
