@@ -47,7 +47,7 @@ CANDIDATES = {
     "camelCase": r"\b[a-z]+[A-Z][A-Za-z0-9]*\b",
     "ALL-CAPS acronym (2+)": r"\b[A-Z][A-Z0-9]+\b",
     "ALL-CAPS with _ (TRAC_ENV)": r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b",
-    "|SUBSTITUTION|": r"\|[A-Za-z0-9_ -]+\|",
+    "substitution &#124;NAME&#124;": r"\|[A-Za-z0-9_ -]+\|",
     "``literal``": r"``[^`]+``",
     "number": r"\b[0-9]+(?:[.,][0-9]+)*\b",
     "version 1.2.3": r"\b[0-9]+\.[0-9]+(?:\.[0-9]+)+\b",
@@ -100,7 +100,8 @@ def classes(path):
                         examples[span] += 1
         share = kept / found if found else float("nan")
         rows.append((name, pattern, sentences, found, kept, share,
-                     ", ".join(f"`{s}`" for s, _ in examples.most_common(3))))
+                     ", ".join(f"`{s if len(s) < 40 else s[:37] + '...'}`"
+                               for s, _ in examples.most_common(3))))
     # The pattern as protected: keras_xformer.text.spans (TensorFlow ops),
     # distinct spans per source, a source that is one span left as text.
     sys.path.insert(0, ROOT)
