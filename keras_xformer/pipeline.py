@@ -14,8 +14,10 @@ With `--data` (the user's own corpus) the recipe is the one measured on real
 text (benchmarks/real_text.py, benchmarks/RESULTS.md): text keeps its case,
 one joint subword vocabulary with shared and tied embeddings when the two
 sides share an alphabet, sequence lengths from the 99th percentile, batches
-by token count, beam 4 for evaluation. Without it, the embedded number-words
-demo keeps its lower-case, two-vocabulary setup.
+by token count, beam 4 for evaluation, placeholders and identifiers masked
+as sentinels and copied back (`keras_xformer.text.spans`; `span_protector`,
+`load_span_protector`). Without it, the embedded number-words demo keeps
+its lower-case, two-vocabulary setup.
 """
 
 import argparse
