@@ -59,8 +59,10 @@ def _as_strings(strings, name):
     if isinstance(strings, (str, bytes)):
         raise ValueError(f"`{name}` must be a list or vector of strings, not one string: "
                          f"pass [{strings!r}].")
-    strings = tf.convert_to_tensor(strings, tf.string) if not isinstance(
-        strings, tf.Tensor) else strings
+    if not isinstance(strings, tf.Tensor):
+        if not all(isinstance(x, (str, bytes)) for x in strings):
+            raise ValueError(f"`{name}` must hold strings. Received: {list(strings)[:5]!r}")
+        strings = tf.constant(list(strings), tf.string, shape=[len(strings)])
     if strings.dtype != tf.string:
         raise ValueError(f"`{name}` must hold strings. Received dtype: {strings.dtype}")
     if strings.shape.rank is not None and strings.shape.rank != 1:
@@ -281,6 +283,10 @@ def _restore(strings, spans):
     if spans.dtype != tf.string or spans.shape.rank != 2:
         raise ValueError("`spans` must be a (batch, None) ragged tensor of strings. "
                          f"Received: {spans}")
+    static = (strings.shape[0], spans.shape[0])
+    if None not in static and static[0] != static[1]:
+        raise ValueError(f"`strings` has {static[0]} rows but `spans` {static[1]}: they must "
+                         "have one row per text each.")
     tf.debugging.assert_equal(
         tf.shape(strings, out_type=tf.int64)[0], spans.nrows(),
         message="`strings` and `spans` must have one row per text each.")
