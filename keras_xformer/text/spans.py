@@ -171,7 +171,10 @@ class SpanProtector(tf.Module):
         earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(width, dtype=tf.bool)))
         first = tf.logical_and(dense_span, tf.logical_not(
             tf.reduce_any(tf.logical_and(same, earlier[None]), axis=2)))
-        first_index = tf.argmax(tf.cast(same, tf.int32), axis=2, output_type=tf.int32)
+        # (argmax would fail on a batch with no pieces at all.)
+        first_index = tf.reduce_min(
+            tf.where(same, tf.range(width)[None, None, :], width), axis=2)
+        first_index = tf.minimum(first_index, tf.maximum(width - 1, 0))
         rank = tf.cumsum(tf.cast(first, tf.int32), axis=1) - 1
         rank = tf.gather(rank, first_index, batch_dims=1)
         columns = tf.cast(tf.range(tf.size(rows, out_type=tf.int64))
@@ -294,7 +297,8 @@ def _restore(strings, spans):
     flat = pieces.flat_values
     rows = pieces.value_rowids()
     is_sentinel = tf.strings.regex_full_match(flat, _BLOCK)
-    codes = tf.strings.unicode_decode(flat, "UTF-8")[:, :1].to_tensor(0)[:, 0]
+    # Padded to width 1, so that a batch without any piece still slices.
+    codes = tf.strings.unicode_decode(flat, "UTF-8")[:, :1].to_tensor(0, shape=[None, 1])[:, 0]
     number = tf.cast(codes, tf.int64) - SENTINEL_BASE
     splits = tf.cast(spans.row_splits, tf.int64)
     available = tf.gather(splits[1:] - splits[:-1], rows)

@@ -100,6 +100,12 @@ def test_saved_model_equals_the_python_path(trained, tmp_path):
                 for text, row in zip(served, spans.to_list())]
     assert sum(restored) >= 2, served
     assert not any(0xE000 <= ord(c) <= 0xE0FF for t in served for c in t)
+    # A batch whose texts have no piece at all (a lone empty string).
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    alone = serve(text=tf.constant([""]))["translation"].numpy()
+    assert alone.shape == (1,)
 
 
 class _SentinelModel:

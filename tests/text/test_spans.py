@@ -53,6 +53,12 @@ def test_regex_specials_and_backslashes_restore_verbatim():
     assert restore(translated, spans) == [r'\1 <a title="\1 \0 $1">%(x.y)s</a>$HOME%d \0']
 
 
+def test_batches_without_any_piece():
+    assert protect([]) == ([], [])
+    assert protect(["", ""]) == (["", ""], [[], []])
+    assert restore([], []) == [] and restore([""], [[]]) == [""]
+
+
 def test_more_spans_than_sentinels_stay_text():
     text = " ".join(f"%(v{i})s" for i in range(20))
     masked, spans = protect([text], max_spans=16)
