@@ -41,7 +41,8 @@ def _translate(args):
     model, source, target, metrics = pipeline.load_translator(args.folder)
     outputs = pipeline.translate_texts(
         model, source, target, texts, metrics.get("source_length", 64),
-        metrics.get("target_length", 64), beam=args.beam)
+        metrics.get("target_length", 64), beam=args.beam,
+        spans=pipeline.load_span_protector(args.folder))
     for line in outputs:
         print(line, flush=True)
     return 0
@@ -62,7 +63,8 @@ def _evaluate(args):
     result, hypotheses = pipeline.evaluate(
         model, source, target, ([s for s, _ in pairs], [t for _, t in pairs]),
         metrics.get("source_length", 64), metrics.get("target_length", 64),
-        beam=args.beam, show=args.show, label=os.path.basename(args.data))
+        beam=args.beam, show=args.show, label=os.path.basename(args.data),
+        spans=pipeline.load_span_protector(args.folder))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write("\n".join(hypotheses) + "\n")
@@ -86,7 +88,8 @@ def _export(args):
     start = time.perf_counter()
     pipeline.export_all(model, source, target, ([s for s, _ in pairs], [t for _, t in pairs]),
                         metrics.get("source_length", 64), metrics.get("target_length", 64),
-                        out, tflite=not args.no_tflite)
+                        out, tflite=not args.no_tflite,
+                        spans=pipeline.load_span_protector(args.folder))
     print(f"Exported to {out}/ in {time.perf_counter() - start:.0f} s")
     return 0
 

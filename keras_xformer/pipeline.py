@@ -14,8 +14,10 @@ With `--data` (the user's own corpus) the recipe is the one measured on real
 text (benchmarks/real_text.py, benchmarks/RESULTS.md): text keeps its case,
 one joint subword vocabulary with shared and tied embeddings when the two
 sides share an alphabet, sequence lengths from the 99th percentile, batches
-by token count, beam 4 for evaluation. Without it, the embedded number-words
-demo keeps its lower-case, two-vocabulary setup.
+by token count, beam 4 for evaluation, placeholders and identifiers masked
+as sentinels and copied back (`keras_xformer.text.spans`; `span_protector`,
+`load_span_protector`). Without it, the embedded number-words demo keeps
+its lower-case, two-vocabulary setup.
 """
 
 import argparse
@@ -90,6 +92,10 @@ def add_training_arguments(parser, own_data=False):
     parser.add_argument("--joint-vocabulary", default="auto", choices=["auto", "yes", "no"],
                         help="with --data: one vocabulary and shared, tied embeddings "
                              "(auto: when both sides share an alphabet)")
+    parser.add_argument("--no-protect-spans", action="store_true",
+                        help="with --data: do not mask placeholders, names and identifiers "
+                             "(%%(name)s, {0}, <b>, TRAC_ENV, pg_backup_start(), ...) as "
+                             "sentinels that the translation copies verbatim")
     parser.add_argument("--length-percentile", type=float, default=99.0,
                         help="with --data: sequence lengths cover this percentile of the "
                              "training pairs; longer ones are left out of training")
@@ -215,12 +221,42 @@ def default_vocabulary_size(train_pairs, joint):
     return int(min(8000, max(2000 if joint else 400, size)))
 
 
-def make_tokenizers(work, train, args):
+def span_protector(args, work=None):
+    """The `SpanProtector` of a run (None without one): with --data unless
+    --no-protect-spans; a resumed run keeps the one its tokenizers were
+    trained with (`work`'s tokenizer.json)."""
+    from keras_xformer.text import spans
+
+    path = os.path.join(work, "tokenizer.json") if work else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return spans.from_settings(json.load(f).get("spans"))
+    if not args.data or getattr(args, "no_protect_spans", False):
+        return None
+    return spans.SpanProtector()
+
+
+def load_span_protector(folder):
+    """The `SpanProtector` a trained folder was trained with, or None
+    (trained with --no-protect-spans, or before protected spans existed:
+    such folders translate as they always did)."""
+    from keras_xformer.text import spans
+
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return spans.from_settings(json.load(f).get("spans"))
+
+
+def make_tokenizers(work, train, args, spans=None):
     """`(source_tokenizer, target_tokenizer, settings)`: trained on the
     training split, or reloaded from `work` when resuming (a resumed run
-    must see the ids its checkpoint was trained with)."""
+    must see the ids its checkpoint was trained with). With `spans` (a
+    `SpanProtector`; `train` already masked), each sentinel is one token."""
     from keras_xformer.text import SentencePieceTokenizer
     from keras_xformer.text import WordPieceTokenizer
+    from keras_xformer.text.spans import sentinels
 
     settings_path = os.path.join(work, "tokenizer.json")
     if os.path.exists(settings_path):
@@ -241,12 +277,15 @@ def make_tokenizers(work, train, args):
     size = args.vocabulary_size or (
         default_vocabulary_size(len(train[0]), joint) if args.data
         else int(min(8000, max(400, len(train[0]) // 10))))
-    settings = {"kind": kind, "joint": joint, "lower_case": lower_case}
+    settings = {"kind": kind, "joint": joint, "lower_case": lower_case,
+                "spans": spans.get_config() if spans is not None else None}
+    symbols = sentinels(spans.max_spans) if spans is not None else ()
 
     def learn(texts):
         if kind == "sentencepiece":
-            return SentencePieceTokenizer.train(texts, size)
-        return WordPieceTokenizer.train(texts, size, lower_case=lower_case)
+            return SentencePieceTokenizer.train(texts, size, user_defined_symbols=symbols)
+        return WordPieceTokenizer.train(texts, size, lower_case=lower_case,
+                                        user_defined_symbols=symbols)
 
     if joint:
         source = target = learn(list(train[0]) + list(train[1]))
@@ -448,11 +487,13 @@ def _length_classes(lengths, base):
 
 
 def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_length,
-                    target_length, beam=4, batch_size=64, length_penalty=0.6):
+                    target_length, beam=4, batch_size=64, length_penalty=0.6, spans=None):
     """Translates a list of `str`, never cutting a long input: inputs
     longer than `source_length` word pieces are encoded at their own width
     (the sinusoidal positions have no limit) and given up to twice their
-    length to translate; the rest share the trained lengths."""
+    length to translate; the rest share the trained lengths. With `spans`
+    (the folder's `SpanProtector`, `load_span_protector`), protected spans
+    are masked before and put back after."""
     import numpy as np
 
     from keras_xformer.data import token_lengths
@@ -460,6 +501,12 @@ def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_len
     texts = list(texts)
     if not texts:
         return []
+    if spans is not None:
+        masked, found = spans.protect(texts)
+        outputs = translate_texts(model, source_tokenizer, target_tokenizer,
+                                  [m.decode("utf-8") for m in masked.numpy()], source_length,
+                                  target_length, beam, batch_size, length_penalty)
+        return [t.decode("utf-8") for t in spans.restore(outputs, found).numpy()]
     lengths = token_lengths(source_tokenizer, texts) + 1
     widths = _length_classes(lengths, source_length)
     order = sorted(range(len(texts)), key=lambda i: (widths[i], i))
@@ -494,12 +541,14 @@ def score(hypotheses, references):
 
 
 def evaluate(model, source_tokenizer, target_tokenizer, pairs, source_length, target_length,
-             beam=4, show=5, label="Test"):
-    """Scores a model on `(sources, references)` and prints a few translations."""
+             beam=4, show=5, label="Test", spans=None):
+    """Scores a model on `(sources, references)` and prints a few
+    translations; with `spans` (a `SpanProtector`) the scores are on the
+    unmasked translations."""
     sources, references = pairs
     start = time.perf_counter()
     hypotheses = translate_texts(model, source_tokenizer, target_tokenizer, sources,
-                                 source_length, target_length, beam=beam)
+                                 source_length, target_length, beam=beam, spans=spans)
     seconds = time.perf_counter() - start
     result = score(hypotheses, references)
     result["ms_per_sentence"] = 1000 * seconds / max(1, len(sources))
@@ -679,7 +728,18 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     train, validation, test = load_corpus(args)
     print(f"Corpus: {len(train[0])} training, {len(validation[0])} validation, "
           f"{len(test[0])} test pairs. Example: {train[0][0]!r} -> {train[1][0]!r}")
-    source_tokenizer, target_tokenizer, settings = make_tokenizers(work, train, args)
+    spans = span_protector(args, work)
+    if spans is not None:
+        # Training and validation see sentinels where the source has a
+        # protected span (and the target copies it); evaluation masks the
+        # test sources and unmasks the translations.
+        masked = spans.protect_pairs(*train)
+        holding = sum(a != b for a, b in zip(masked[0], train[0]))
+        print(f"Protected spans: {holding} of {len(train[0])} training sources hold "
+              "placeholders, names or identifiers, masked as sentinels "
+              "(--no-protect-spans to turn off)")
+        train, validation = masked, spans.protect_pairs(*validation)
+    source_tokenizer, target_tokenizer, settings = make_tokenizers(work, train, args, spans)
     assert_same_on_all_workers(strategy, vocabulary_fingerprint(work), "the vocabularies")
     percentile = args.length_percentile if real else 100.0
     source_length, target_length, keep, lengths = choose_lengths(
@@ -829,7 +889,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         chosen = "best epoch"
 
     test_result, _ = evaluate(model, source_tokenizer, target_tokenizer, test,
-                              source_length, target_length, beam=args.beam)
+                              source_length, target_length, beam=args.beam, spans=spans)
 
     # Everything is written to a staging folder first, then moved over the
     # previous artefacts: a run that fails leaves them as they were.
@@ -838,7 +898,8 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     os.makedirs(staging)
     model.save(os.path.join(staging, "model.keras"))
     save_tokenizers(staging, source_tokenizer, target_tokenizer, settings)
-    plot_attention(model, source_tokenizer, target_tokenizer, test[0][0], source_length,
+    shown = test[0][0] if spans is None else spans.protect([test[0][0]])[0].numpy()[0].decode()
+    plot_attention(model, source_tokenizer, target_tokenizer, shown, source_length,
                    target_length, os.path.join(staging, "attention.png"))
     metrics = {
         "bleu": test_result["bleu"],
@@ -866,7 +927,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     if not args.no_export:
         metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
                                   source_length, target_length, staging,
-                                  tflite=not args.no_tflite))
+                                  tflite=not args.no_tflite, spans=spans))
     metrics["total_seconds"] = time.time() - args.started
     with open(os.path.join(staging, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -904,11 +965,14 @@ def choose_weights(model, best_path, average, validation_data):
 
 
 def export_all(model, source_tokenizer, target_tokenizer, test, source_length, max_length,
-               folder, tflite=True):
+               folder, tflite=True, spans=None):
     """The exports of a trained model into `folder`: the SavedModel
     (`serving/`) and the TFLite files, with their sizes and test-split BLEU.
     The one place to add another export format; the BLEU figures are on
-    the first 500 pairs of `test`."""
+    the first 500 pairs of `test`. With `spans` (a `SpanProtector`) the
+    SavedModel masks and unmasks inside its graph, and the TFLite and
+    CTranslate2 figures are on unmasked translations (those engines take
+    ids: `keras_xformer.text.spans.protect`/`restore` around them)."""
     import numpy as np
     import sacrebleu
     import tensorflow as tf
@@ -920,18 +984,30 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
     # The exports are checked on at most 500 test pairs: the TFLite
     # interpreter runs one sentence at a time.
     sources, references = list(test[0])[:500], list(test[1])[:500]
+    # What the id-level engines (TFLite, CTranslate2) see, and what turns
+    # their output back into text.
+    masked, found = sources, None
+    if spans is not None and sources:
+        masked, found = spans.protect(sources)
+        masked = [m.decode("utf-8") for m in masked.numpy()]
+
+    def unmask(texts):
+        if found is None:
+            return list(texts)
+        return [t.decode("utf-8") for t in spans.restore(list(texts), found).numpy()]
+
     results = {}
     serving = os.path.join(folder, "serving")
     start = time.perf_counter()
     export_saved_model(serving, model, LengthLimit(source_tokenizer, source_length),
-                       target_tokenizer, source_length, max_length)
+                       target_tokenizer, source_length, max_length, span_protector=spans)
     results["serving_export_seconds"] = time.perf_counter() - start
     translate = tf.saved_model.load(serving).signatures["serving_default"]
     # The SavedModel rejects inputs longer than its source length: it is
     # checked on the pairs that fit (and on one that does not).
     from keras_xformer.data import token_lengths
 
-    fits = token_lengths(source_tokenizer, sources) < source_length
+    fits = token_lengths(source_tokenizer, masked) < source_length
     served = []
     kept = [s for s, f in zip(sources, fits) if f]
     for i in range(0, len(kept), 250):
@@ -952,7 +1028,7 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
     if tflite:
         from ai_edge_litert.interpreter import Interpreter
 
-        source_ids = encode_source(source_tokenizer, sources, source_length).numpy()
+        source_ids = encode_source(source_tokenizer, masked, source_length).numpy()
         for name, quantization in (("translator.tflite", None),
                                    ("translator_int8.tflite", "dynamic_int8")):
             path = os.path.join(folder, name)
@@ -961,22 +1037,23 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
             runner = Interpreter(model_path=path).get_signature_runner("serving_default")
             ids = np.concatenate([runner(source_ids=row[None])["target_ids"]
                                   for row in source_ids])
-            texts = [t.decode("utf-8") for t in target_tokenizer.detokenize(ids).numpy()]
+            texts = unmask(t.decode("utf-8") for t in target_tokenizer.detokenize(ids).numpy())
             key = "tflite_int8" if quantization else "tflite"
             results[f"{key}_bleu"] = sacrebleu.corpus_bleu(texts, [references]).score
             results[f"{key}_mb"] = size / 2**20
             if quantization is None:
                 generated = model.generate(source_ids, max_length=max_length)
                 results["tflite_equals_generate"] = bool(np.array_equal(ids, generated))
-    results.update(_export_ctranslate2(model, source_tokenizer, target_tokenizer, sources,
-                                       references, source_length, max_length, folder))
+    results.update(_export_ctranslate2(model, source_tokenizer, target_tokenizer, masked,
+                                       references, source_length, max_length, folder,
+                                       unmask=unmask))
     print("Exports: " + ", ".join(
         f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
     return results
 
 
 def _export_ctranslate2(model, source_tokenizer, target_tokenizer, sources, references,
-                        source_length, max_length, folder):
+                        source_length, max_length, folder, unmask=list):
     """`translator_ct2/` for the CTranslate2 engine, with its size and greedy
     BLEU on the same pairs as the other exports; skipped, with a printed
     line, when the optional `ctranslate2` package is not installed."""
@@ -995,7 +1072,7 @@ def _export_ctranslate2(model, source_tokenizer, target_tokenizer, sources, refe
     export_ctranslate2(path, model, source_tokenizer, target_tokenizer)
     texts = ctranslate2_translate(path, source_tokenizer, target_tokenizer, sources,
                                   max_length=max_length, max_source_length=source_length)
-    return {"ct2_bleu": sacrebleu.corpus_bleu(texts, [references]).score,
+    return {"ct2_bleu": sacrebleu.corpus_bleu(unmask(texts), [references]).score,
             "ct2_mb": os.path.getsize(os.path.join(path, "model.bin")) / 2**20}
 
 

@@ -50,6 +50,11 @@ def test_train_stops_at_its_time_budget_and_exports(trained):
         assert os.path.exists(os.path.join(out, name)), name
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["tokenizer"]["lower_case"] is False and metrics["tokenizer"]["joint"]
+    # Placeholders are protected spans by default; the folder keeps the settings.
+    assert "Protected spans: " in stdout
+    assert metrics["tokenizer"]["spans"]["max_spans"] == 16
+    assert json.load(open(os.path.join(out, "tokenizer.json")))["spans"] == (
+        metrics["tokenizer"]["spans"])
     assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
     # The CTranslate2 export (a test extra): greedy, as the SavedModel, on
     # the same pairs, so the two engines score alike.

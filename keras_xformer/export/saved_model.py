@@ -9,7 +9,7 @@ from keras_xformer.export._checks import check_export_args
 
 
 def export_saved_model(path, model, source_tokenizer, target_tokenizer,
-                       max_source_length, max_target_length):
+                       max_source_length, max_target_length, span_protector=None):
     """Writes a SavedModel whose `serving_default` signature translates text.
 
     Input `text` (`tf.string`, `[None]`) to output `translation`
@@ -27,6 +27,11 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
             model was trained with.
         max_source_length: source word pieces kept (including [END]).
         max_target_length: target tokens generated at most.
+        span_protector: the `keras_xformer.text.spans.SpanProtector` the
+            model was trained with, or None. Its masking (before
+            tokenization) and unmasking (after detokenization) are
+            TensorFlow ops inside the serving function, the same ops
+            `xformer translate` runs in Python.
 
     Example:
 
@@ -43,8 +48,14 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
     )
 
     def serve(text):
+        spans = None
+        if span_protector is not None:
+            text, spans = span_protector.protect(text)
         ids = encode_source(source_tokenizer, text, max_source_length)
-        return {"translation": target_tokenizer.detokenize(decode(ids))}
+        translation = target_tokenizer.detokenize(decode(ids))
+        if span_protector is not None:
+            translation = span_protector.restore(translation, spans)
+        return {"translation": translation}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

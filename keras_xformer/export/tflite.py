@@ -20,6 +20,20 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     in `ai_edge_litert.interpreter.Interpreter` as on a phone. Unquantized it
     matches `model.generate` token for token.
 
+    The file takes ids, so a model trained with protected spans (`xformer
+    train --data`, see `keras_xformer.text.spans`) needs its spans masked
+    before tokenization and put back after, in the app:
+
+    ```python
+    from keras_xformer.text.spans import protect, restore
+
+    masked, spans = protect(["Delete %(name)s?"])
+    ids = encode_source(source_tokenizer, masked, source_length)
+    target_ids = runner(source_ids=ids.numpy())["target_ids"]
+    texts = [t.decode() for t in target_tokenizer.detokenize(target_ids).numpy()]
+    translations = restore(texts, spans)
+    ```
+
     Args:
         path: the `.tflite` file to write.
         model: a `keras_xformer.models.Transformer`.

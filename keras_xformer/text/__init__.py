@@ -1,6 +1,8 @@
 """Text preprocessing with TensorFlow Text."""
 
+from keras_xformer.text import spans
 from keras_xformer.text.sentencepiece import SentencePieceTokenizer
+from keras_xformer.text.spans import SpanProtector
 from keras_xformer.text.wordpiece import WordPieceTokenizer
 
-__all__ = ["SentencePieceTokenizer", "WordPieceTokenizer"]
+__all__ = ["SentencePieceTokenizer", "SpanProtector", "WordPieceTokenizer", "spans"]

@@ -102,7 +102,8 @@ class SentencePieceTokenizer(tf.Module):
         return cls(path)
 
     @classmethod
-    def train(cls, texts, vocabulary_size, model_type="unigram", byte_fallback=True):
+    def train(cls, texts, vocabulary_size, model_type="unigram", byte_fallback=True,
+              user_defined_symbols=()):
         """Trains a SentencePiece model on texts.
 
         Args:
@@ -112,12 +113,19 @@ class SentencePieceTokenizer(tf.Module):
                 can fill, raised when the characters alone need more.
             model_type: `"unigram"` (SentencePiece's default) or `"bpe"`.
             byte_fallback: unseen characters become byte pieces.
+            user_defined_symbols: strings that are always one piece each
+                (the sentinels of `keras_xformer.text.spans`), whether or
+                not the text holds them.
 
         Returns:
             A `SentencePieceTokenizer`.
         """
         import sentencepiece
 
+        if isinstance(user_defined_symbols, str) or not all(
+                isinstance(x, str) and x for x in user_defined_symbols):
+            raise ValueError("`user_defined_symbols` must be a list of non-empty strings. "
+                             f"Received: {user_defined_symbols!r}")
         if int(vocabulary_size) != vocabulary_size or vocabulary_size < 8:
             raise ValueError(
                 "`vocabulary_size` must be an integer >= 8. "
@@ -145,6 +153,8 @@ class SentencePieceTokenizer(tf.Module):
             max_sentence_length=1 << 16,
             minloglevel=2,
         )
+        if user_defined_symbols:
+            options["user_defined_symbols"] = list(user_defined_symbols)
         size = int(vocabulary_size)
         grown = shrunk = False
         while True:

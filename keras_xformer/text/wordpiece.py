@@ -25,8 +25,10 @@ MAX_BYTES_PER_WORD = 100
 
 # Whitespace (ASCII and Unicode separators) splits and is dropped; every
 # punctuation or symbol character is a piece of its own.
-_DELIMITER_PATTERN = r"[\s\p{Z}]+|[\p{P}\p{S}]"
-_KEEP_DELIMITER_PATTERN = r"[\p{P}\p{S}]"
+# The private-use block U+E000-U+E0FF holds the sentinels of protected
+# spans (keras_xformer.text.spans): each is a piece of its own too.
+_DELIMITER_PATTERN = r"[\s\p{Z}]+|[\p{P}\p{S}\x{E000}-\x{E0FF}]"
+_KEEP_DELIMITER_PATTERN = r"[\p{P}\p{S}\x{E000}-\x{E0FF}]"
 
 
 def _pretokenize(strings, lower_case):
@@ -233,7 +235,8 @@ class WordPieceTokenizer(tf.Module):
         return cls(_read_vocabulary(path), lower_case=lower_case)
 
     @classmethod
-    def train(cls, texts, vocabulary_size, lower_case=True, min_frequency=10):
+    def train(cls, texts, vocabulary_size, lower_case=True, min_frequency=10,
+              user_defined_symbols=()):
         """Learns a WordPiece vocabulary from texts.
 
         The text is pre-tokenized exactly as `tokenize` does. Every character
@@ -257,6 +260,11 @@ class WordPieceTokenizer(tf.Module):
             min_frequency: subwords seen fewer times are not added (10, as
                 the `lower_thresh` of TensorFlow Text's vocabulary learner;
                 every character is added whatever its count).
+            user_defined_symbols: single characters that are tokens of their
+                own in both forms (word-initial and `##`), right after the
+                reserved tokens, whether or not the text holds them: the
+                sentinels of `keras_xformer.text.spans`, which the
+                pre-tokenizer splits off as pieces of their own.
 
         Returns:
             A `WordPieceTokenizer`.
@@ -277,6 +285,13 @@ class WordPieceTokenizer(tf.Module):
                 "`min_frequency` must be a positive integer. "
                 f"Received: min_frequency={min_frequency}"
             )
+        if isinstance(user_defined_symbols, str) or not all(
+                isinstance(x, str) and len(x) == 1 and 0xE000 <= ord(x) <= 0xE0FF
+                for x in user_defined_symbols):
+            raise ValueError(
+                "`user_defined_symbols` must be a list of single characters from "
+                "U+E000-U+E0FF (the pre-tokenizer keeps only those as pieces of "
+                f"their own). Received: {user_defined_symbols!r}")
         counts = collections.Counter()
         for batch in _string_batches(texts):
             pieces, attached = _pretokenize(batch, lower_case)
@@ -289,6 +304,10 @@ class WordPieceTokenizer(tf.Module):
         vocabulary = _learn_vocabulary(
             word_counts, int(vocabulary_size), int(min_frequency)
         )
+        if user_defined_symbols:
+            symbols = [t for x in user_defined_symbols for t in (x, SUFFIX_INDICATOR + x)]
+            rest = [t for t in vocabulary[len(RESERVED_TOKENS):] if t not in set(symbols)]
+            vocabulary = list(RESERVED_TOKENS) + symbols + rest
         return cls(vocabulary, lower_case=lower_case)
 
     # ------------------------------------------------------------------
