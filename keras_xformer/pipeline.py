@@ -797,6 +797,14 @@ def train_evaluate_export(args, strategy, chief, work, backup):
                                    batch_size=args.batch_size, shuffle=False,
                                    bucket_boundaries=buckets,
                                    tokens_per_batch=tokens_per_batch)
+    if buckets:
+        # Bucketing hides the number of batches from Keras, which then warns
+        # "Your input ran out of data; interrupting training" at the end of
+        # the first validation pass. One pass over the (small, pre-tokenized)
+        # validation set counts them.
+        validation_steps = int(validation_data.reduce(0, lambda count, _: count + 1))
+        validation_data = validation_data.apply(
+            tf.data.experimental.assert_cardinality(validation_steps))
     # Every worker reads the same (identically shuffled) pipeline and keeps
     # its share of each global batch.
     options = tf.data.Options()

@@ -112,7 +112,10 @@ def test_trains_on_a_users_tsv_corpus_including_anki_files_mixed_float16(tmp_pat
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["test_pairs"] == test_count and metrics["decoding"] == "beam 4"
     assert metrics["train_pairs"] <= train_count and 0 <= metrics["chrf"] <= 100
-    assert metrics["tokenizer"] == {"kind": "sentencepiece", "joint": True, "lower_case": False}
+    tokenizer = dict(metrics["tokenizer"])
+    # `--data` protects spans by default; the settings travel with the folder.
+    assert tokenizer.pop("spans")["max_spans"] == 16
+    assert tokenizer == {"kind": "sentencepiece", "joint": True, "lower_case": False}
     assert metrics["precision"] == "mixed_float16"
     assert_finite_history(metrics, epochs=1)
 
