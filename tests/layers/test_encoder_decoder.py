@@ -14,6 +14,20 @@ B, T, S, D, H, F = 2, 5, 7, 16, 4, 32
 SOURCE_PADDING = np.array([[1] * 4 + [0] * 3, [1] * 7], bool)
 
 
+def decode_step_by_step(block, x, memory, self_cache):
+    """Runs `block` one target position at a time with its caches; yields
+    `(t, output, cross_attention_cache)` after each step."""
+    cross_cache = None
+    for t in range(x.shape[1]):
+        out, self_cache, cross_cache = block(
+            x[:, t : t + 1], memory if t == 0 else None,
+            encoder_padding_mask=SOURCE_PADDING,
+            self_attention_cache=self_cache,
+            cross_attention_cache=cross_cache,
+            cache_update_index=t,
+        )
+        yield t, out, cross_cache
+
 class TransformerEncoderBlockTest(LayerTestCase):
     def test_keras_harness(self):
         for norm_first in (False, True):
@@ -137,16 +151,8 @@ class TransformerDecoderBlockTest(LayerTestCase):
             x, memory = random_inputs(B, T, D), random_inputs(B, S, D)
             full, scores = block(x, memory, encoder_padding_mask=SOURCE_PADDING,
                                  return_attention_scores=True)
-            self_cache = np.zeros((B, 2, T, H, D // H), "float32")
-            cross_cache = None
-            for t in range(T):
-                out, self_cache, cross_cache = block(
-                    x[:, t : t + 1], memory if t == 0 else None,
-                    encoder_padding_mask=SOURCE_PADDING,
-                    self_attention_cache=self_cache,
-                    cross_attention_cache=cross_cache,
-                    cache_update_index=t,
-                )
+            for t, out, _ in decode_step_by_step(
+                    block, x, memory, np.zeros((B, 2, T, H, D // H), "float32")):
                 np.testing.assert_allclose(out[:, 0], np.asarray(full)[:, t], atol=1e-5)
             self.assertEqual(tuple(scores["cross_attention"].shape), (B, H, T, S))
             self.assertEqual(tuple(scores["self_attention"].shape), (B, H, T, T))
@@ -155,16 +161,8 @@ class TransformerDecoderBlockTest(LayerTestCase):
         block = TransformerDecoderBlock(H, F)
         x, memory = random_inputs(B, T, D), random_inputs(B, S, D)
         full = np.asarray(block(x, memory, encoder_padding_mask=SOURCE_PADDING))
-        self_cache = (np.zeros((B, H, T, D // H), "float32"),) * 2
-        cross_cache = None
-        for t in range(T):
-            out, self_cache, cross_cache = block(
-                x[:, t : t + 1], memory if t == 0 else None,
-                encoder_padding_mask=SOURCE_PADDING,
-                self_attention_cache=self_cache,
-                cross_attention_cache=cross_cache,
-                cache_update_index=t,
-            )
+        for t, out, cross_cache in decode_step_by_step(
+                block, x, memory, (np.zeros((B, H, T, D // H), "float32"),) * 2):
             # The cross-attention cache made on the first step follows the
             # self-attention cache's layout.
             self.assertEqual([tuple(c.shape) for c in cross_cache], [(B, H, S, D // H)] * 2)
