@@ -7,14 +7,20 @@ Trains the `--data` recipe's model (tiny preset, joint SentencePiece,
   each epoch and destroys the previous one (what `xformer train` did until
   this script was written);
 - `repeat`: the dataset repeats and `fit` gets `steps_per_epoch`, so one
-  iterator serves the whole run (what `xformer train` does now).
+  iterator serves the whole run; the validation set's number of batches
+  stays unknown to Keras (bucketing hides it), so each validation pass runs
+  its iterator to the end of the data;
+- `counted`: as `repeat`, and the validation set carries its number of
+  batches (`assert_cardinality`), so a validation pass stops at its last
+  batch (what `xformer train` does now).
 
 Prints, for every epoch, the seconds from `on_epoch_begin` to the end of its
-first step, and the median step. Run the two modes one after the other on an
-idle machine:
+first step, the seconds its validation pass (`evaluate`) took, and the
+median step. Run the modes one after the other on an idle machine:
 
     python benchmarks/epoch_stall.py --mode per-epoch --epochs 4
     python benchmarks/epoch_stall.py --mode repeat --epochs 4
+    python benchmarks/epoch_stall.py --mode counted --epochs 4
 
 The corpus is `benchmarks/build_corpus.py`'s train.tsv (`--corpus DIR`, or
 $KX_CORPUS, default /work/corpus).
@@ -32,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["per-epoch", "repeat"], required=True)
+    parser.add_argument("--mode", choices=["per-epoch", "repeat", "counted"], required=True)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--corpus", default=os.environ.get("KX_CORPUS", "/work/corpus"))
     args = parser.parse_args(argv)
@@ -62,8 +68,14 @@ def main(argv=None):
     validation = make_dataset(*validation, tokenizer, tokenizer, source_length, target_length,
                               batch_size=64, shuffle=False, bucket_boundaries=buckets,
                               tokens_per_batch=800)
+    if args.mode == "counted":
+        import tensorflow as tf
+
+        # As keras_xformer.pipeline does.
+        count = int(validation.reduce(0, lambda count, _: count + 1))
+        validation = validation.apply(tf.data.experimental.assert_cardinality(count))
     steps = None
-    if args.mode == "repeat":
+    if args.mode in ("repeat", "counted"):
         sizes = bucket_batch_sizes(buckets, max(source_length, target_length), 64, 800)
         steps = bucketed_steps(lengths[0][keep], lengths[1][keep], buckets, sizes)
         data = data.repeat()
@@ -74,7 +86,16 @@ def main(argv=None):
     class Clock(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.first, self.steps = [], []
+            self.first, self.steps, self.validation = [], [], []
+
+        def on_test_begin(self, logs=None):
+            self.test_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            # `fit` validates between the last step and `on_epoch_end`;
+            # `on_test_begin` comes after the validation iterator is made,
+            # so time from the last step instead.
+            self.validation.append(time.perf_counter() - self.last_step_end)
 
         def on_epoch_begin(self, epoch, logs=None):
             self.begin = time.perf_counter()
@@ -89,6 +110,7 @@ def main(argv=None):
                 self.first.append(now - self.begin)
             else:
                 self.steps.append(now - self.start)
+            self.last_step_end = now
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as folder:
@@ -103,11 +125,13 @@ def main(argv=None):
     median = statistics.median(clock.steps)
     print(f"mode {args.mode}: {len(train[0])} pairs, {args.epochs} epochs in {total:.1f} s; "
           f"median step {median * 1000:.0f} ms")
-    for epoch, seconds in enumerate(clock.first):
-        print(f"  epoch {epoch + 1}: epoch start to end of first step {seconds:.2f} s")
+    for epoch, (seconds, validating) in enumerate(zip(clock.first, clock.validation)):
+        print(f"  epoch {epoch + 1}: epoch start to end of first step {seconds:.2f} s; "
+              f"last step to epoch end (validation) {validating:.2f} s")
     waits = clock.first[1:]
     print(f"  epochs after the first: {sum(waits):.1f} s in all before their first step ends "
-          f"(longest {max(waits, default=0):.1f} s)")
+          f"(longest {max(waits, default=0):.1f} s); validation {sum(clock.validation):.1f} s "
+          f"in all (longest {max(clock.validation, default=0):.1f} s)")
     return 0
 
 
