@@ -6,8 +6,9 @@ Candidates (greedy and beam 4, batch 1 and 8):
 
 - ours: `Transformer.generate` with and without XLA; the same search
   behind a SavedModel (ids in, ids out, loaded with `tf.saved_model.load`);
-  the TFLite file of `export_tflite`, float and dynamic int8 (batch 1,
-  greedy: the file's signature); Keras' `model.quantize("int8")` (every
+  the TFLite file of `export_tflite`, float and dynamic int8 (one file per
+  batch and method, as its signature fixes both); Keras'
+  `model.quantize("int8")` (every
   projection, attention included, and the embeddings).
 - CTranslate2: our weights exported with `export_ctranslate2`, float32 and
   int8, `intra_threads` equal to TensorFlow's.
@@ -125,13 +126,15 @@ def saved_model_candidate(model, method, directory):
     return lambda source: loaded.serving_default(tf.constant(source)).numpy()
 
 
-def tflite_candidate(model, quantization, directory):
+def tflite_candidate(model, quantization, method, batch, directory):
+    """One file per (batch, method): the file's signature fixes both."""
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_xformer.export import export_tflite
 
-    path = os.path.join(directory, f"model_{quantization}.tflite")
-    export_tflite(path, model, SOURCE, NEW, quantization=quantization)
+    path = os.path.join(directory, f"model_{quantization}_{method}_{batch}.tflite")
+    export_tflite(path, model, SOURCE, NEW, quantization=quantization,
+                  batch_size=batch, method=method, beam_size=BEAM, length_penalty=0.6)
     interpreter = Interpreter(model_path=path, num_threads=THREADS)
     runner = interpreter.get_signature_runner()
     return lambda source: runner(source_ids=source)["target_ids"]
@@ -336,10 +339,10 @@ def main():
                 candidates["ours Keras quantize(int8) XLA"] = (
                     lambda s: quantized.generate(s, max_length=NEW, method=method,
                                                  beam_size=BEAM))
-            if method == "greedy" and batch == 1:
-                for q in (None, "dynamic_int8"):
-                    candidates[f"ours TFLite {q or 'float32'}"] = tflite_candidate(
-                        ours, q, directory)
+            for q in (None, "dynamic_int8"):
+                name = f"ours TFLite {q or 'float32'}"
+                if not (skip and name.startswith(skip)):
+                    candidates[name] = tflite_candidate(ours, q, method, batch, directory)
             candidates.update(ctranslate2_candidates(ours, method, directory))
             for jit in (True, False):
                 candidates[f"keras-hub BART generate XLA={jit}"] = hub_bart_candidate(
@@ -351,6 +354,10 @@ def main():
                           if not (skip and k.startswith(skip))}
             check = ours.generate(source, max_length=NEW, method=method, beam_size=BEAM)
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
+            if "ours TFLite float32" in candidates:
+                same = np.mean(candidates["ours TFLite float32"](source) == check)
+                print(f"{method}, batch {batch}: TFLite float32 ids equal generate's: "
+                      f"{same:.2%}", flush=True)
             print(f"\n{method}, batch {batch}: {len(candidates)} candidates, "
                   f"{ARGS.repeats} rounds", flush=True)
             times = in_turns(candidates, source, ARGS.repeats)

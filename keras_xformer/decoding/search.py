@@ -147,7 +147,12 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     )
     _, _, sequences, scores, lengths, _, _, _ = ops.while_loop(cond, body, loop_vars)
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
-    best = ops.argmax(scores / penalty, axis=-1)
+    # `_argmax`, not `ops.argmax`: the latter's negative-zero fix-up is a
+    # BitwiseAnd on TensorFlow, which has no TFLite builtin, and stops
+    # `export_tflite(method="beam")` from converting. The scores here are
+    # sums of log-probabilities over positive penalties, never -0.0, so
+    # the choice is the same.
+    best = _argmax(scores / penalty)
     return ops.take_along_axis(
         sequences, ops.reshape(best, (-1, 1, 1)), axis=1
     )[:, 0]

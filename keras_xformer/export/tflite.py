@@ -1,24 +1,37 @@
-"""TFLite export: the whole greedy decoding loop in one `.tflite` file."""
+"""TFLite export: the whole decoding loop (greedy or beam search) in one
+`.tflite` file, for a fixed batch size, with TFLite builtin ops only."""
 
 import keras
 import tensorflow as tf
 
+from keras_xformer.decoding.search import beam_search
 from keras_xformer.decoding.search import greedy_search
+from keras_xformer.export._checks import check_beam_args
 from keras_xformer.export._checks import check_export_args
+from keras_xformer.export._checks import check_positive_int
 
 QUANTIZATIONS = (None, "dynamic_int8", "float16")
+METHODS = ("greedy", "beam")
 
 
-def export_tflite(path, model, source_length, max_target_length, quantization=None):
+def export_tflite(path, model, source_length, max_target_length, quantization=None,
+                  batch_size=1, method="greedy", beam_size=4, length_penalty=0.6):
     """Writes a `.tflite` file mapping source ids to generated target ids.
 
-    Signature `serving_default`: input `source_ids` (`int32 [1, source_length]`,
-    0-padded) to output `target_ids` (`int32 [1, max_target_length]`: the
-    tokens after [START], [END] included, then 0s). The encoder runs once and
-    the decoder steps use key/value caches inside one TFLite `WHILE` loop,
-    with TFLite builtin ops only (no Flex / SELECT_TF_OPS), so the file runs
-    in `ai_edge_litert.interpreter.Interpreter` as on a phone. Unquantized it
-    matches `model.generate` token for token.
+    Signature `serving_default`: input `source_ids` (`int32 [batch_size,
+    source_length]`, 0-padded) to output `target_ids` (`int32 [batch_size,
+    max_target_length]`: the tokens after [START], [END] included, then 0s).
+    The encoder runs once and the decoder steps use key/value caches inside
+    one TFLite `WHILE` loop, greedy or beam search as `model.generate` runs
+    them, with TFLite builtin ops only (no Flex / SELECT_TF_OPS), so the file
+    runs in `ai_edge_litert.interpreter.Interpreter` as on a phone.
+    Unquantized it matches `model.generate(..., method=method)` token for
+    token.
+
+    The batch is fixed in the file (TFLite plans its buffers for one shape):
+    fill a short batch up with rows of 0s; rows are independent, so padding
+    rows and 0-padded sources do not change the other rows' outputs. Export
+    one file per batch size and method you serve.
 
     The file takes ids, so a model trained with protected spans (`xformer
     train --data`, see `keras_xformer.text.spans`) needs its spans masked
@@ -42,9 +55,22 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         quantization: `None`, `"dynamic_int8"` (int8 weights, float
             activations: about a quarter of the float file) or `"float16"`
             (float16 weights).
+        batch_size: the fixed number of rows per call (default 1).
+        method: `"greedy"` (default) or `"beam"`.
+        beam_size: beams per row, for `method="beam"` (default 4).
+        length_penalty: `alpha` of the beam length penalty
+            `((5 + length) / 6) ** alpha`, for `method="beam"` (default 0.6),
+            as in `Transformer.generate`.
 
     Returns:
         The size of the file in bytes.
+
+    Example:
+
+    ```python
+    export_tflite("beam8.tflite", model, 64, 64, quantization="dynamic_int8",
+                  batch_size=8, method="beam", beam_size=4)
+    ```
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(
@@ -52,6 +78,13 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         )
     check_export_args(model, source_length=source_length,
                       max_target_length=max_target_length)
+    check_positive_int("batch_size", batch_size)
+    if method not in METHODS:
+        raise ValueError(
+            f'`method` must be "greedy" or "beam"; received {method!r}.'
+        )
+    if method == "beam":
+        check_beam_args(model, beam_size, length_penalty)
     if any(layer.quantization_mode for layer in model._flatten_layers()):
         # TFLite builtins take no int8 activations (Keras' int8 matmuls):
         # export what the quantized weights compute, in float, and let
@@ -63,7 +96,7 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     weights = [v.numpy() for v in variables]
 
     @tf.function(input_signature=[
-        tf.TensorSpec([1, source_length], tf.int32, name="source_ids")
+        tf.TensorSpec([batch_size, source_length], tf.int32, name="source_ids")
     ])
     def translate(source_ids):
         # The weights enter the graph as constants, before the loop, and the
@@ -72,7 +105,11 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         # ops"), and kept as TFLite resource variables they read as zeros.
         values = [tf.constant(w) for w in weights]
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            ids = greedy_search(model, source_ids, max_target_length)
+            if method == "greedy":
+                ids = greedy_search(model, source_ids, max_target_length)
+            else:
+                ids = beam_search(model, source_ids, max_target_length,
+                                  beam_size, float(length_penalty))
         return {"target_ids": ids}
 
     concrete = translate.get_concrete_function()

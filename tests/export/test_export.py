@@ -149,3 +149,66 @@ def test_export_rejects_bad_arguments(translator, tmp_path):
     with pytest.raises(ValueError, match="Transformer"):
         export_saved_model(str(tmp_path / "s"), keras.Sequential(), source_tokenizer,
                            target_tokenizer, 8, 8)
+
+
+def run_tflite_batches(path, source_ids, batch_size):
+    """Runs a fixed-batch file over `source_ids`, `batch_size` rows a call."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    return np.concatenate([
+        runner(source_ids=source_ids[i:i + batch_size].astype("int32"))["target_ids"]
+        for i in range(0, len(source_ids), batch_size)
+    ])
+
+
+def test_tflite_beam_at_batch_2_matches_generate(translator, tmp_path):
+    model, source_tokenizer, _, texts = translator
+    source_ids = encode_source(source_tokenizer, texts[:8], SOURCE_LENGTH).numpy()
+    expected = model.generate(source_ids, max_length=TARGET_LENGTH, method="beam",
+                              beam_size=3, length_penalty=0.6)
+    greedy = model.generate(source_ids, max_length=TARGET_LENGTH)
+    # Otherwise the test could not tell a beam file from a greedy one.
+    assert (expected != greedy).any()
+    path = str(tmp_path / "beam.tflite")
+    export_tflite(path, model, SOURCE_LENGTH, TARGET_LENGTH, batch_size=2,
+                  method="beam", beam_size=3, length_penalty=0.6)
+    actual = run_tflite_batches(path, source_ids, 2)
+    assert actual.shape == expected.shape and actual.dtype == np.int32
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_tflite_greedy_at_batch_2_keeps_rows_independent(translator, tmp_path):
+    model, source_tokenizer, _, texts = translator
+    lengths = [len(t.split()) for t in texts]
+    long_text, short_text = texts[int(np.argmax(lengths))], texts[int(np.argmin(lengths))]
+    source_ids = encode_source(source_tokenizer, [long_text, short_text], SOURCE_LENGTH).numpy()
+    # The short row is 0-padded where the long one is not.
+    assert (source_ids[1] == 0).sum() > (source_ids[0] == 0).sum()
+    path = str(tmp_path / "greedy2.tflite")
+    export_tflite(path, model, SOURCE_LENGTH, TARGET_LENGTH, batch_size=2)
+    expected = model.generate(source_ids, max_length=TARGET_LENGTH)
+    np.testing.assert_array_equal(run_tflite_batches(path, source_ids, 2), expected)
+    # A batch filled up with an all-padding row: the real row is unchanged.
+    filled = np.stack([source_ids[0], np.zeros_like(source_ids[0])])
+    actual = run_tflite_batches(path, filled, 2)
+    np.testing.assert_array_equal(
+        actual[0], model.generate(source_ids[:1], max_length=TARGET_LENGTH)[0])
+    assert actual.shape == (2, TARGET_LENGTH)
+
+
+def test_tflite_rejects_bad_batch_and_search_arguments(translator, tmp_path):
+    model = translator[0]
+    path = str(tmp_path / "x.tflite")
+    cases = [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=2.0), "batch_size"),
+        (dict(method="sample"), "method"),
+        (dict(method="beam", beam_size=0), "beam_size"),
+        (dict(method="beam", beam_size=model.target_vocabulary_size + 1), "vocabulary"),
+        (dict(method="beam", length_penalty=-1.0), "length_penalty"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            export_tflite(path, model, 8, 8, **kwargs)
+    assert not os.path.exists(path)
