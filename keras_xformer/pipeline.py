@@ -119,8 +119,8 @@ def add_training_arguments(parser, own_data=False):
                         help="label smoothing of the loss (default 0.1, as the paper; 0 with "
                              "--data, measured better for runs of minutes)")
     parser.add_argument("--dropout", type=float, default=None,
-                        help="dropout rate (default: 0 with --data; otherwise the "
-                             "preset's, 0.1 below 'big')")
+                        help="dropout rate (default: the preset's, 0.1 below 'big'; 0 "
+                             "measured no better with --data, benchmarks/RESULTS.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace artefacts already in --out")
@@ -167,13 +167,6 @@ def finish_arguments(parser, args):
             args.average_checkpoints = 3
         if args.patience is None:
             args.patience = 3
-        if args.dropout is None:
-            # Within a budget of minutes, dropout slows learning more than
-            # it guards against overfitting, which the validation-loss
-            # stop and the checkpoint average catch: on the catalogs
-            # corpus, +1.4 BLEU / +1.1 chrF held out (G_dropout0 against
-            # F_nostall, same conditions; benchmarks/RESULTS.md).
-            args.dropout = 0.0
     if args.out is None:
         if args.data:
             name = os.path.splitext(os.path.basename(args.data))[0]
@@ -827,7 +820,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     if real:
         print(f"Model: preset {preset!r}, {model.count_params():,} parameters"
               + (", shared and tied embeddings" if settings["joint"] else "")
-              + f", dropout {args.dropout:g}")
+              + f", dropout {model.dropout:g}")
     epochs, schedule, warmup = _fit_settings(args, model, len(train[0]), steps_per_epoch)
     if args.schedule == "linear":
         from keras_xformer.distribute import in_multi_worker_mode
