@@ -228,10 +228,8 @@ def span_protector(args, work=None):
     trained with (`work`'s tokenizer.json)."""
     from keras_xformer.text import spans
 
-    path = os.path.join(work, "tokenizer.json") if work else None
-    if path and os.path.exists(path):
-        with open(path) as f:
-            return spans.from_settings(json.load(f).get("spans"))
+    if work and os.path.exists(os.path.join(work, "tokenizer.json")):
+        return load_span_protector(work)
     if not args.data or getattr(args, "no_protect_spans", False):
         return None
     return spans.SpanProtector()
