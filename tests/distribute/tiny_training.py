@@ -206,6 +206,10 @@ def backups(strategy, model, initial):
 
     temporary = set(glob.glob(os.path.join(tempfile.gettempdir(), "workertemp_*")))
     history = fit(chief_backup)
+    # A barrier: the chief deletes its backup at the end of its own `fit`,
+    # which a worker can leave first (a CI run saw the worker look before
+    # the chief had deleted it).
+    broadcast_from_chief(strategy, 0)
     result["resumed_epochs"] = len(history.history["loss"])
     result["resumed_loss"] = history.history["loss"]
     result["restored_weights_sum"] = float(sum(np.abs(w).sum() for w in model.get_weights()))
