@@ -207,8 +207,8 @@ def backups(strategy, model, initial):
     temporary = set(glob.glob(os.path.join(tempfile.gettempdir(), "workertemp_*")))
     history = fit(chief_backup)
     # A barrier: the chief deletes its backup at the end of its own `fit`,
-    # which a worker can leave first (a CI run saw the worker look before
-    # the chief had deleted it).
+    # which a worker can leave first: a worker looking before the deletion
+    # is the likely cause of a failure of this check in CI at f7a0dd8.
     broadcast_from_chief(strategy, 0)
     result["resumed_epochs"] = len(history.history["loss"])
     result["resumed_loss"] = history.history["loss"]
