@@ -84,6 +84,10 @@ def add_training_arguments(parser, own_data=False):
                         help="learning rate after the warm-up: the paper's inverse square "
                              "root (default), or a linear decay to zero at the end of "
                              "training (--epochs or --time-budget)")
+    parser.add_argument("--cooldown", type=float, default=None,
+                        help="with the inverse square root: the last share of training "
+                             "(of --time-budget, or of --epochs) over which the learning "
+                             "rate ramps linearly down to zero (default 0: none)")
     parser.add_argument("--vocabulary-size", type=int, default=None,
                         help="word pieces per vocabulary (default: from the corpus size)")
     parser.add_argument("--tokenizer", default="auto",
@@ -151,6 +155,13 @@ def finish_arguments(parser, args):
         parser.error("--label-smoothing must be in [0, 1)")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         parser.error("--dropout must be in [0, 1)")
+    if args.cooldown is not None and not 0 <= args.cooldown <= 1:
+        parser.error("--cooldown must be in [0, 1] (a share of the training time)")
+    if args.cooldown and args.schedule == "linear":
+        parser.error("--cooldown goes with the inverse square root; --schedule linear "
+                     "decays over the whole of training already")
+    if args.cooldown is None:
+        args.cooldown = 0.0
     if not 50 <= args.length_percentile <= 100:
         parser.error("--length-percentile must be in [50, 100]")
     real = bool(args.data)
@@ -388,15 +399,28 @@ class TimeBudget:
 
 class LinearDecayToDeadline:
     """The learning rate for a run whose end is known: linear warm-up over
-    `warmup_steps` to `peak`, then a linear decay to zero at the wall-clock
-    `deadline` or at `total_steps`, whichever comes first. Li, Yumer and
-    Ramanan (2020, "Budgeted training") found linear decay to zero at the
-    end of a fixed budget better than schedules that do not know when
-    training ends; `--time-budget` (or `--epochs`) tells us. Written as a
-    callback because Keras' schedules see the step, not the clock."""
+    `warmup_steps` to `peak`, then a decay that reaches zero at the
+    wall-clock `deadline` or at `total_steps`, whichever comes first.
 
-    def __new__(cls, peak, warmup_steps, deadline=None, total_steps=None):
+    `shape="linear"` decays linearly from the end of the warm-up: Li, Yumer
+    and Ramanan (2020, "Budgeted training") found linear decay to zero at
+    the end of a fixed budget better than schedules that do not know when
+    training ends. `shape="inverse-sqrt"` keeps the paper's inverse square
+    root and only its last `cooldown` share of training (by the clock, or
+    by steps) ramps linearly to zero: the warm-up/stable/decay shape of
+    Hägele et al. (2024, "Scaling laws and compute-optimal training beyond
+    fixed training durations"), where a short cool-down at the end matched
+    a schedule tuned for the whole length. Written as a callback because
+    Keras' schedules see the step, not the clock."""
+
+    def __new__(cls, peak, warmup_steps, deadline=None, total_steps=None,
+                shape="linear", cooldown=1.0):
         import keras
+
+        if shape not in ("linear", "inverse-sqrt"):
+            raise ValueError(f'`shape` must be "linear" or "inverse-sqrt". Received: {shape!r}')
+        if not 0 < cooldown <= 1:
+            raise ValueError(f"`cooldown` must be in (0, 1]. Received: cooldown={cooldown!r}")
 
         class _LinearDecayToDeadline(keras.callbacks.Callback):
             def __init__(self):
@@ -409,16 +433,23 @@ class LinearDecayToDeadline:
             def rate(self, step, now):
                 if step < self.warmup_steps:
                     return self.peak * (step + 1) / self.warmup_steps
+                if shape == "linear":
+                    base, window = self.peak, 1.0
+                else:
+                    base, window = self.peak * (self.warmup_steps / step) ** 0.5, cooldown
+                # `left`: the share of the decay window still ahead (1 until
+                # the window opens).
                 left = 1.0
                 if self.deadline is not None:
                     if self.decay_start is None:
                         self.decay_start = now
-                    left = (self.deadline - now) / max(self.deadline - self.decay_start, 1e-6)
+                    length = max(self.deadline - self.decay_start, 1e-6)
+                    left = (self.deadline - now) / (window * length)
                 if total_steps:
-                    left = min(left, (total_steps - step) /
-                               max(total_steps - self.warmup_steps, 1))
+                    length = max(total_steps - self.warmup_steps, 1)
+                    left = min(left, (total_steps - step) / (window * length))
                 # A floor keeps the last steps of an overrun from being no-ops.
-                return self.peak * min(1.0, max(0.01, left))
+                return base * min(1.0, max(0.01, left))
 
             def on_train_batch_begin(self, batch, logs=None):
                 step = int(self.model.optimizer.iterations.numpy())
@@ -828,15 +859,17 @@ def train_evaluate_export(args, strategy, chief, work, backup):
               + (", shared and tied embeddings" if settings["joint"] else "")
               + f", dropout {model.dropout:g}")
     epochs, schedule, warmup = _fit_settings(args, model, len(train[0]), steps_per_epoch)
-    if args.schedule == "linear":
+    to_deadline = args.schedule == "linear" or args.cooldown
+    if to_deadline:
         from keras_xformer.distribute import in_multi_worker_mode
 
+        what = ("--schedule linear" if args.schedule == "linear" else "--cooldown")
         if in_multi_worker_mode(strategy) and args.time_budget:
             # Each worker would read its own clock and set its own rate.
-            raise ValueError("--schedule linear with --time-budget runs on one worker only: "
+            raise ValueError(f"{what} with --time-budget runs on one worker only: "
                              "give several workers --epochs instead.")
-        if real and not (args.time_budget or args.epochs):
-            raise ValueError("--schedule linear needs --time-budget MINUTES or --epochs N: "
+        if not (args.time_budget or args.epochs or not real):
+            raise ValueError(f"{what} needs --time-budget MINUTES or --epochs N: "
                              "it decays the learning rate to zero when training ends.")
         # The callback sets the rate before every step.
         schedule = args.learning_rate
@@ -845,7 +878,9 @@ def train_evaluate_export(args, strategy, chief, work, backup):
                           + (["the time budget"] if args.time_budget else []))
         print(f"Learning rate: warm-up over {warmup} steps to {args.learning_rate:g}, then "
               + (f"a linear decay to zero at {end}" if args.schedule == "linear"
-                 else "the inverse square root of the step"))
+                 else "the inverse square root of the step"
+                 + (f", ramping down to zero over the last {args.cooldown:.0%} of training"
+                    f" ({end})" if args.cooldown else "")))
     with strategy.scope():
         model.compile(
             optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9),
@@ -877,10 +912,11 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         reserve = min(0.3 * args.time_budget * 60, 45 + (0 if args.no_export else 105))
         budget = TimeBudget(args.started + args.time_budget * 60 - reserve)
         callbacks.append(budget)
-    if args.schedule == "linear":
+    if to_deadline:
         callbacks.append(LinearDecayToDeadline(
             args.learning_rate, warmup, deadline=budget.deadline if budget else None,
-            total_steps=epochs * steps_per_epoch if (args.epochs or not real) else None))
+            total_steps=epochs * steps_per_epoch if (args.epochs or not real) else None,
+            shape=args.schedule, cooldown=1.0 if args.schedule == "linear" else args.cooldown))
     average = None
     if args.average_checkpoints and args.average_checkpoints > 1:
         average = AverageLastEpochs(args.average_checkpoints)

@@ -119,12 +119,37 @@ def test_linear_decay_reaches_zero_at_the_deadline_or_the_last_step():
     assert both.rate(60, 190.0) == pytest.approx(1e-4)  # the clock is nearer its end
 
 
+def test_cooldown_keeps_the_inverse_square_root_until_its_window():
+    from keras_xformer.pipeline import LinearDecayToDeadline
+
+    # Warm-up ends at step 10 (t=1000); the deadline is t=1100, so a 0.2
+    # cool-down is the last 20 seconds.
+    by_time = LinearDecayToDeadline(2e-3, warmup_steps=10, deadline=1100.0,
+                                    shape="inverse-sqrt", cooldown=0.2)
+    assert by_time.rate(5, 990.0) == pytest.approx(1.2e-3)  # warm-up as before
+    assert by_time.rate(10, 1000.0) == pytest.approx(2e-3)
+    assert by_time.rate(40, 1050.0) == pytest.approx(1e-3)  # 2e-3 * sqrt(10 / 40)
+    assert by_time.rate(40, 1080.0) == pytest.approx(1e-3)  # the window opens here
+    assert by_time.rate(40, 1090.0) == pytest.approx(5e-4)  # half of it left
+    assert by_time.rate(40, 1100.0) == pytest.approx(1e-5)  # the floor, never zero
+    by_step = LinearDecayToDeadline(1e-3, warmup_steps=10, total_steps=110,
+                                    shape="inverse-sqrt", cooldown=0.5)
+    assert by_step.rate(40, 0.0) == pytest.approx(5e-4)  # before the last 50 steps
+    assert by_step.rate(90, 0.0) == pytest.approx(1e-3 * (10 / 90) ** 0.5 * 0.4)
+    with pytest.raises(ValueError, match="cooldown"):
+        LinearDecayToDeadline(1e-3, warmup_steps=10, shape="inverse-sqrt", cooldown=0)
+    with pytest.raises(ValueError, match="shape"):
+        LinearDecayToDeadline(1e-3, warmup_steps=10, shape="cosine")
+
+
 def test_recipe_flags_are_checked(tmp_path, capsys):
     corpus = tmp_path / "pairs.tsv"
     corpus.write_text("a\tb\n", encoding="utf-8")
     for flags, message in ((["--label-smoothing", "1.5"], "--label-smoothing"),
                            (["--dropout", "-0.1"], "--dropout"),
-                           (["--batch-tokens", "-5"], "--batch-tokens")):
+                           (["--batch-tokens", "-5"], "--batch-tokens"),
+                           (["--cooldown", "1.5"], "--cooldown"),
+                           (["--schedule", "linear", "--cooldown", "0.2"], "--cooldown")):
         with pytest.raises(SystemExit):
             cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "o"), *flags])
         assert message in capsys.readouterr().err
