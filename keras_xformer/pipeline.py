@@ -1008,10 +1008,18 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         "tokenizer": settings,
         "parameters": model.count_params(),
     }
+    export_error = None
     if not args.no_export:
-        metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
-                                  source_length, target_length, staging,
-                                  tflite=not args.no_tflite, spans=spans))
+        try:
+            metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
+                                      source_length, target_length, staging,
+                                      tflite=not args.no_tflite, spans=spans))
+        except Exception as error:  # noqa: BLE001: reported below, with the way out
+            # A failed export must not cost the training: the model, its
+            # tokenizers and metrics still go to --out, and `xformer export`
+            # retries the exports from them.
+            export_error = error
+            metrics["export_error"] = f"{type(error).__name__}: {str(error)[:1000]}"
     metrics["total_seconds"] = time.time() - args.started
     with open(os.path.join(staging, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -1024,6 +1032,11 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     shutil.rmtree(work, ignore_errors=True)
     print(f"\nWrote {', '.join(sorted(existing_artefacts(out)))} to {out}/ "
           f"({metrics['total_seconds'] / 60:.1f} min in all)")
+    if export_error is not None:
+        print(f"\nThe exports failed ({metrics['export_error'][:300]}). The trained model, "
+              f"its tokenizers and metrics.json are in {out}/: `xformer export {out}` "
+              "retries the exports.", file=sys.stderr)
+        return 1
     return 0
 
 

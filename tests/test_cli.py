@@ -173,3 +173,25 @@ def test_recipe_flags_are_checked(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "o"), *flags])
         assert message in capsys.readouterr().err
+
+
+def test_a_failed_export_keeps_the_trained_model(tmp_path, capsys, monkeypatch):
+    from keras_xformer import pipeline
+
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("".join(f"Item {n}\tÉlément {n}\n" for n in range(120)), encoding="utf-8")
+    out = tmp_path / "run"
+
+    def failing_export(*args, **kwargs):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(pipeline, "export_all", failing_export)
+    status = cli.main(["train", "--data", str(corpus), "--out", str(out), "--epochs", "1",
+                       "--beam", "0"])
+    assert status == 1
+    assert "xformer export" in capsys.readouterr().err
+    for name in ("model.keras", "tokenizer.json", "metrics.json"):
+        assert os.path.exists(out / name), name
+    assert "converter exploded" in json.load(open(out / "metrics.json"))["export_error"]
+    # The folder is a usable translator: the exports can be retried from it.
+    assert cli.main(["translate", str(out), "Item 3"]) == 0

@@ -92,6 +92,8 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         from keras_xformer.layers._quantization import dequantized_copy
 
         model = dequantized_copy(model)
+    if model.compute_dtype != "float32":
+        model = _float32_copy(model)
     variables = list(model.variables)
     weights = [v.numpy() for v in variables]
 
@@ -123,3 +125,18 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     with open(path, "wb") as f:
         f.write(flatbuffer)
     return len(flatbuffer)
+
+
+def _float32_copy(model):
+    """The same weights computing in float32. A model trained under a mixed
+    policy (`--precision mixed_bfloat16`) computes in bfloat16 or float16,
+    which TFLite's builtin kernels do not take ("Some ops are not supported
+    by the native TFLite runtime": BatchMatMulV2, AddV2, ... in bfloat16);
+    its variables are float32 already, so this loses nothing. Smaller files
+    come from `quantization` instead."""
+    config = model.get_config()
+    config["dtype"] = "float32"
+    copy = model.__class__.from_config(config)
+    copy.build()
+    copy.set_weights(model.get_weights())
+    return copy

@@ -212,3 +212,20 @@ def test_tflite_rejects_bad_batch_and_search_arguments(translator, tmp_path):
         with pytest.raises(ValueError, match=message):
             export_tflite(path, model, 8, 8, **kwargs)
     assert not os.path.exists(path)
+
+
+def test_tflite_exports_a_mixed_precision_model_in_float32(translator, tmp_path):
+    """A model trained under mixed_bfloat16 exports (TFLite has no bfloat16
+    kernels) and its file decodes as the same weights do in float32."""
+    model, source_tokenizer, _, sources = translator
+    source_ids = encode_source(source_tokenizer, sources[:3], SOURCE_LENGTH).numpy()
+    config = model.get_config()
+    config["dtype"] = "mixed_bfloat16"
+    mixed = Transformer.from_config(config)
+    mixed.build()
+    mixed.set_weights(model.get_weights())
+    assert mixed.compute_dtype == "bfloat16"
+    path = str(tmp_path / "mixed.tflite")
+    export_tflite(path, mixed, SOURCE_LENGTH, TARGET_LENGTH)
+    expected = model.generate(source_ids, max_length=TARGET_LENGTH)
+    np.testing.assert_array_equal(run_tflite(path, source_ids), expected)
