@@ -160,6 +160,27 @@ def test_own_data_defaults_are_the_measured_recipe():
     assert parsed("--data", "pairs.tsv", "--epochs", "3").time_budget is None
     assert parsed("--data", "pairs.tsv", "--schedule", "linear").cooldown == 0.0
     assert parsed("--data", "pairs.tsv", "--cooldown", "0").cooldown == 0.0
+    # One piece per 3 training pairs, 2000 to 8000 (runs T, R and V).
+    assert [pipeline.default_vocabulary_size(n, joint=True) for n in (300, 12000, 29372)] == [
+        2000, 4000, 8000]
+
+
+def test_held_out_pairs_caps_the_validation_and_test_splits(tmp_path):
+    from types import SimpleNamespace
+
+    from keras_xformer import pipeline
+
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("".join(f"line {n}\tligne {n}\n" for n in range(4000)), encoding="utf-8")
+    args = SimpleNamespace(data=str(corpus), seed=0, train_size=None, held_out_pairs=None)
+    train, validation, test = pipeline.load_corpus(args)
+    assert 150 < len(validation[0]) < 250 and 150 < len(test[0]) < 250  # 5% each
+    args.held_out_pairs = 40
+    capped = pipeline.load_corpus(args)
+    assert 20 < len(capped[1][0]) < 60 and 20 < len(capped[2][0]) < 60
+    assert len(capped[0][0]) + len(capped[1][0]) + len(capped[2][0]) == 4000
+    # A stable hash: the smaller validation split is part of the larger one.
+    assert set(capped[1][0]) <= set(validation[0])
 
 
 def test_recipe_flags_are_checked(tmp_path, capsys):

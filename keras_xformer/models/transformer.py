@@ -21,9 +21,6 @@ PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 PRESETS = {
     "tiny": dict(num_layers=2, hidden_dim=128, num_heads=4,
                  intermediate_dim=512, dropout=0.1),
-    # tiny one layer deeper: about 1.3x its compute per token.
-    "mini": dict(num_layers=3, hidden_dim=128, num_heads=4,
-                 intermediate_dim=512, dropout=0.1),
     # Between tiny and base, for corpora of tens to hundreds of thousands
     # of pairs trained in minutes on a CPU (benchmarks/real_text.py).
     "small": dict(num_layers=3, hidden_dim=256, num_heads=4,
