@@ -302,12 +302,13 @@ def main(argv=None):
     parser.add_argument("--lever-epochs", type=int, default=4, help="levers: epochs per run")
     # Intermixed: `levers --epochs 4 NAME` must give NAME to `name`, not to
     # the flags passed through to `xformer train`.
-    args, rest = parser.parse_known_intermixed_args(argv)
     sys.path.insert(0, ROOT)
-    if args.mode == "run":
-        return run(args.name, rest)
-    if args.mode == "score":
-        return score(args.name, rest)
+    if argv[:1] in (["run"], ["score"]) and len(argv) > 1:
+        # Everything after NAME goes to `xformer train` as it is: parsed
+        # here, its `--preset` would be taken by this script's own option
+        # (the keras_hub mode's) and never reach the run.
+        return (run if argv[0] == "run" else score)(argv[1], argv[2:])
+    args, rest = parser.parse_known_intermixed_args(argv)
     if args.mode == "levers":
         # Fixed epochs, not a time budget: the machine's load then changes
         # the time a lever takes, not the training it gets.

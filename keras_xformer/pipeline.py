@@ -773,6 +773,25 @@ def _fit_settings(args, model, train_count, steps_per_epoch):
     return epochs, schedule, warmup
 
 
+def rate_to_deadline(args, multi_worker):
+    """Whether a callback sets the learning rate from the end of training
+    (`--schedule linear`, or the inverse square root with a `--cooldown`).
+    With several workers and a time budget each worker would read its own
+    clock and set its own rate: the default cool-down is dropped with a
+    printed line, one asked for is a `ValueError`."""
+    to_deadline = args.schedule == "linear" or args.cooldown > 0
+    if to_deadline and args.time_budget and multi_worker:
+        if args.schedule != "linear" and getattr(args, "cooldown_default", False):
+            print("No cool-down: with several workers and a time budget each would "
+                  "read its own clock (give --epochs for one).")
+            args.cooldown = 0.0
+            return False
+        what = "--schedule linear" if args.schedule == "linear" else "--cooldown"
+        raise ValueError(f"{what} with --time-budget runs on one worker only: "
+                         "give several workers --epochs instead.")
+    return to_deadline
+
+
 def train_evaluate_export(args, strategy, chief, work, backup):
     import keras
     import numpy as np
@@ -783,6 +802,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
     from keras_xformer.data import make_dataset
     from keras_xformer.distribute import MultiWorkerBackupAndRestore
     from keras_xformer.distribute import assert_same_on_all_workers
+    from keras_xformer.distribute import in_multi_worker_mode
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
     from keras_xformer.metrics import MaskedAccuracy
 
@@ -887,24 +907,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
               + (", shared and tied embeddings" if settings["joint"] else "")
               + f", dropout {model.dropout:g}")
     epochs, schedule, warmup = _fit_settings(args, model, len(train[0]), steps_per_epoch)
-    to_deadline = args.schedule == "linear" or args.cooldown
-    if to_deadline:
-        from keras_xformer.distribute import in_multi_worker_mode
-
-        what = ("--schedule linear" if args.schedule == "linear" else "--cooldown")
-        if (in_multi_worker_mode(strategy) and args.time_budget and args.schedule != "linear"
-                and getattr(args, "cooldown_default", False)):
-            print("No cool-down: with several workers and a time budget each would read "
-                  "its own clock (give --epochs for one).")
-            args.cooldown = 0.0
-            to_deadline = False
-        elif in_multi_worker_mode(strategy) and args.time_budget:
-            # Each worker would read its own clock and set its own rate.
-            raise ValueError(f"{what} with --time-budget runs on one worker only: "
-                             "give several workers --epochs instead.")
-        if not (args.time_budget or args.epochs or not real):
-            raise ValueError(f"{what} needs --time-budget MINUTES or --epochs N: "
-                             "it decays the learning rate to zero when training ends.")
+    to_deadline = rate_to_deadline(args, in_multi_worker_mode(strategy))
     if to_deadline:
         # The callback sets the rate before every step.
         schedule = args.learning_rate

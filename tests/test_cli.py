@@ -165,6 +165,26 @@ def test_own_data_defaults_are_the_measured_recipe():
         2000, 4000, 8000]
 
 
+def test_several_workers_with_a_time_budget_drop_only_the_default_cooldown(capsys):
+    from keras_xformer import pipeline
+
+    parser = cli.build_parser()
+
+    def parsed(*flags):
+        return pipeline.finish_arguments(parser, parser.parse_args(["train", *flags]))
+
+    args = parsed("--data", "pairs.tsv")  # time budget, default cool-down
+    assert pipeline.rate_to_deadline(args, multi_worker=False) and args.cooldown == 0.2
+    assert not pipeline.rate_to_deadline(args, multi_worker=True) and args.cooldown == 0.0
+    assert "No cool-down: with several workers" in capsys.readouterr().out
+    for flags in (["--cooldown", "0.2"], ["--schedule", "linear"]):
+        with pytest.raises(ValueError, match="runs on one worker only"):
+            pipeline.rate_to_deadline(parsed("--data", "pairs.tsv", *flags), multi_worker=True)
+    # With --epochs every worker counts the same steps: the cool-down stays.
+    args = parsed("--data", "pairs.tsv", "--epochs", "3")
+    assert pipeline.rate_to_deadline(args, multi_worker=True) and args.cooldown == 0.2
+
+
 def test_held_out_pairs_caps_the_validation_and_test_splits(tmp_path):
     from types import SimpleNamespace
 

@@ -85,15 +85,17 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         )
     if method == "beam":
         check_beam_args(model, beam_size, length_penalty)
-    if any(layer.quantization_mode for layer in model._flatten_layers()):
-        # TFLite builtins take no int8 activations (Keras' int8 matmuls):
-        # export what the quantized weights compute, in float, and let
+    if model.compute_dtype != "float32" or any(
+        layer.quantization_mode for layer in model._flatten_layers()
+    ):
+        # TFLite builtins take no int8 activations (Keras' int8 matmuls)
+        # and no bfloat16 ops (a model trained with `--precision
+        # mixed_bfloat16`: "Some ops are not supported by the native TFLite
+        # runtime"): export what the weights compute, in float32, and let
         # `quantization` re-quantize it the TFLite way.
         from keras_xformer.layers._quantization import dequantized_copy
 
-        model = dequantized_copy(model)
-    if model.compute_dtype != "float32":
-        model = _float32_copy(model)
+        model = dequantized_copy(model, dtype="float32")
     variables = list(model.variables)
     weights = [v.numpy() for v in variables]
 
@@ -125,18 +127,3 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     with open(path, "wb") as f:
         f.write(flatbuffer)
     return len(flatbuffer)
-
-
-def _float32_copy(model):
-    """The same weights computing in float32. A model trained under a mixed
-    policy (`--precision mixed_bfloat16`) computes in bfloat16 or float16,
-    which TFLite's builtin kernels do not take ("Some ops are not supported
-    by the native TFLite runtime": BatchMatMulV2, AddV2, ... in bfloat16);
-    its variables are float32 already, so this loses nothing. Smaller files
-    come from `quantization` instead."""
-    config = model.get_config()
-    config["dtype"] = "float32"
-    copy = model.__class__.from_config(config)
-    copy.build()
-    copy.set_weights(model.get_weights())
-    return copy

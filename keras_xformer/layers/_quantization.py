@@ -53,12 +53,16 @@ def _probe_kernel(layer, kernel_shape, contracted):
     return outputs.reshape(kernel_shape)
 
 
-def dequantized_copy(model):
+def dequantized_copy(model, dtype=None):
     """A float copy of a model whose sublayers were `quantize`d (int8 or
     int4): same config with the unquantized policy, each quantized
     kernel/table replaced by what it computes. For exporters whose target
     has no kernels for Keras' quantized ops (TFLite's builtins take no
     int8 activations); they can re-quantize the float copy their own way.
+
+    `dtype` (e.g. "float32") replaces the policy as well: a copy of a
+    mixed-precision model (quantized or not) that computes in float32. Its
+    variables are float32 already, so that loses nothing.
     """
     import numpy as np
     from keras import ops
@@ -67,7 +71,7 @@ def dequantized_copy(model):
     policy = model.dtype_policy
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
         policy = policy.default_policy
-    config["dtype"] = keras.dtype_policies.serialize(policy)
+    config["dtype"] = dtype or keras.dtype_policies.serialize(policy)
     for key in ("lora_rank", "lora_alpha", "lora_target_layer_names"):
         config.pop(key, None)
     copy = model.__class__.from_config(config)
