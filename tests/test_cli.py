@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from keras_xformer import cli
+from keras_xformer import pipeline
 
 pytestmark = pytest.mark.tensorflow_only  # TF Text tokenizers / the TensorFlow pipeline
 
@@ -60,6 +61,12 @@ def test_train_stops_at_its_time_budget_and_exports(trained):
     assert json.load(open(os.path.join(out, "tokenizer.json")))["spans"] == (
         metrics["tokenizer"]["spans"])
     assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
+    # --precision auto (the --data default): bfloat16 steps only where the
+    # CPU has them natively; the model kept computes in float32 either way.
+    native = bool(pipeline.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert metrics["training_precision"] == ("mixed_bfloat16" if native else "float32")
+    assert f"Precision: {metrics['training_precision']} training steps" in stdout
+    assert metrics["precision"] == "float32"
     # The CTranslate2 export (a test extra): greedy, as the SavedModel, on
     # the same pairs, so the two engines score alike.
     assert os.path.exists(os.path.join(out, "translator_ct2", "model.bin"))
@@ -143,8 +150,6 @@ def test_cooldown_keeps_the_inverse_square_root_until_its_window():
 
 
 def test_own_data_defaults_are_the_measured_recipe():
-    from keras_xformer import pipeline
-
     parser = cli.build_parser()
 
     def parsed(*flags):
@@ -158,6 +163,7 @@ def test_own_data_defaults_are_the_measured_recipe():
             args.beam, args.length_percentile, args.dropout, args.preset) == (
         800, 2e-3, "inverse-sqrt", 0.2, 0.1, 14.5, 3, 3, 4, 99.0, None, None)
     assert parsed("--data", "pairs.tsv", "--epochs", "3").time_budget is None
+    assert args.precision == "auto"
     assert parsed("--data", "pairs.tsv", "--schedule", "linear").cooldown == 0.0
     assert parsed("--data", "pairs.tsv", "--cooldown", "0").cooldown == 0.0
     # One piece per 3 training pairs, 2000 to 8000 (runs T, R and V).
@@ -165,9 +171,16 @@ def test_own_data_defaults_are_the_measured_recipe():
         2000, 4000, 8000]
 
 
-def test_several_workers_with_a_time_budget_drop_only_the_default_cooldown(capsys):
-    from keras_xformer import pipeline
+def test_auto_precision_takes_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    monkeypatch.setattr(pipeline, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert pipeline.auto_precision(multi_worker=False)[0] == "mixed_bfloat16"
+    assert pipeline.auto_precision(multi_worker=True)[0] == "float32"
+    monkeypatch.setattr(pipeline, "cpu_flags", lambda: {"avx2", "avx512f"})
+    precision, why = pipeline.auto_precision(multi_worker=False)
+    assert precision == "float32" and "no native bfloat16" in why
 
+
+def test_several_workers_with_a_time_budget_drop_only_the_default_cooldown(capsys):
     parser = cli.build_parser()
 
     def parsed(*flags):
@@ -187,8 +200,6 @@ def test_several_workers_with_a_time_budget_drop_only_the_default_cooldown(capsy
 
 def test_held_out_pairs_caps_the_validation_and_test_splits(tmp_path):
     from types import SimpleNamespace
-
-    from keras_xformer import pipeline
 
     corpus = tmp_path / "pairs.tsv"
     corpus.write_text("".join(f"line {n}\tligne {n}\n" for n in range(4000)), encoding="utf-8")
@@ -217,8 +228,6 @@ def test_recipe_flags_are_checked(tmp_path, capsys):
 
 
 def test_a_failed_export_keeps_the_trained_model(tmp_path, capsys, monkeypatch):
-    from keras_xformer import pipeline
-
     corpus = tmp_path / "pairs.tsv"
     corpus.write_text("".join(f"Item {n}\tÉlément {n}\n" for n in range(120)), encoding="utf-8")
     out = tmp_path / "run"
