@@ -163,7 +163,7 @@ def test_own_data_defaults_are_the_measured_recipe():
             args.beam, args.length_percentile, args.dropout, args.preset) == (
         800, 2e-3, "inverse-sqrt", 0.2, 0.1, 14.5, 3, 3, 4, 99.0, None, None)
     assert parsed("--data", "pairs.tsv", "--epochs", "3").time_budget is None
-    assert args.precision == "auto"
+    assert args.precision == "auto" and args.held_out_pairs == 500
     assert parsed("--data", "pairs.tsv", "--schedule", "linear").cooldown == 0.0
     assert parsed("--data", "pairs.tsv", "--cooldown", "0").cooldown == 0.0
     # One piece per 3 training pairs, 2000 to 8000 (runs T, R and V).
