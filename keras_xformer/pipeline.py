@@ -587,22 +587,34 @@ def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_len
         return [t.decode("utf-8") for t in spans.restore(outputs, found).numpy()]
     lengths = token_lengths(source_tokenizer, texts) + 1
     widths = _length_classes(lengths, source_length)
-    order = sorted(range(len(texts)), key=lambda i: (widths[i], i))
+    # Sentences of similar length share a batch: a search stops when its
+    # batch's last sentence has ended, so a batch of short ones stops early.
+    order = sorted(range(len(texts)), key=lambda i: (widths[i], lengths[i], i))
     outputs = [None] * len(texts)
     start = 0
+    full = set()  # widths already translated in a full batch: that shape is compiled
     while start < len(order):
         width = widths[order[start]]
         chunk = [i for i in order[start : start + batch_size] if widths[i] == width]
         start += len(chunk)
-        ids = source_tokenizer.tokenize([texts[i] for i in chunk],
-                                        sequence_length=width + 1, add_start_end=True)[:, 1:]
+        ids = np.asarray(source_tokenizer.tokenize(
+            [texts[i] for i in chunk], sequence_length=width + 1, add_start_end=True)[:, 1:])
+        if len(chunk) == batch_size:
+            full.add(width)
+        elif width in full:
+            # The last, partial batch of a width runs at the full batch's
+            # shape, filled with copies of its last sentence (they end when
+            # it does): one compiled search per width instead of two (a new
+            # shape costs seconds of tracing and XLA compilation).
+            ids = np.concatenate([ids, np.repeat(ids[-1:], batch_size - len(chunk), axis=0)])
         max_length = target_length if width == source_length else 2 * width
         generated = model.generate(
-            np.asarray(ids), max_length=max_length,
+            ids, max_length=max_length,
             method="beam" if beam else "greedy", beam_size=max(beam, 1),
             length_penalty=length_penalty,
         )
-        for i, text in zip(chunk, target_tokenizer.detokenize(generated).numpy()):
+        texts_out = target_tokenizer.detokenize(generated[: len(chunk)]).numpy()
+        for i, text in zip(chunk, texts_out):
             outputs[i] = text.decode("utf-8")
     return outputs
 
