@@ -240,7 +240,7 @@ def load_corpus(args):
         # Z_heldout500 and W_defaults); 416 validation pairs still choose
         # the weights and stop training.
         fraction = 0.05
-        if args.held_out_pairs:
+        if args.held_out_pairs and os.path.exists(args.data):  # (load_tsv names a missing file)
             with open(args.data, "rb") as f:
                 lines = sum(1 for line in f if line.strip())
             fraction = min(fraction, args.held_out_pairs / max(lines, 1))

@@ -108,6 +108,23 @@ def test_saved_model_equals_the_python_path(trained, tmp_path):
     assert alone.shape == (1,)
 
 
+def test_batched_translation_equals_one_sentence_at_a_time(trained):
+    """translate_texts sorts sentences by length into batches and runs a
+    width's partial last batch filled with copies to the full shape: each
+    sentence still gets what it gets alone."""
+    model, tokenizer, protector = trained
+    texts = INPUTS + ["Copy one of %(item_1)s to {0}", "Copy nine", "Plain", "Copy"]
+
+    def translate(batch, batch_size):
+        return pipeline.translate_texts(model, tokenizer, tokenizer, batch, SOURCE_LENGTH,
+                                        TARGET_LENGTH, beam=2, batch_size=batch_size,
+                                        spans=protector)
+
+    alone = [translate([text], 1)[0] for text in texts]
+    assert translate(texts, 4) == alone
+    assert len(set(alone)) > 3, alone  # the model tells the inputs apart
+
+
 class _SentinelModel:
     """Stands for a trained model that copies: it emits sentinels 1 and 0
     (swapped, as a translation may reorder), a word, and sentinel 9, which
