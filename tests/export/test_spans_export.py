@@ -112,7 +112,12 @@ def test_batched_translation_equals_one_sentence_at_a_time(trained):
     """translate_texts sorts sentences by length into batches and runs a
     width's partial last batch filled with copies to the full shape: each
     sentence still gets what it gets alone."""
-    model, tokenizer, protector = trained
+    _, tokenizer, protector = trained
+    # Untrained weights: every input gets its own output (the trained
+    # model above ends most of them at once), and few searches end early.
+    model = Transformer(tokenizer.vocabulary_size, tokenizer.vocabulary_size,
+                        num_layers=1, hidden_dim=32, num_heads=2, intermediate_dim=64,
+                        share_embeddings=True, dropout=0.0)
     texts = INPUTS + ["Copy one of %(item_1)s to {0}", "Copy nine", "Plain", "Copy"]
 
     def translate(batch, batch_size):
@@ -122,7 +127,7 @@ def test_batched_translation_equals_one_sentence_at_a_time(trained):
 
     alone = [translate([text], 1)[0] for text in texts]
     assert translate(texts, 4) == alone
-    assert len(set(alone)) > 3, alone  # the model tells the inputs apart
+    assert len(set(alone)) > len(texts) // 2, alone  # the inputs are told apart
 
 
 class _SentinelModel:
