@@ -8,6 +8,9 @@ overlaps it with the training step.
 import numpy as np
 import tensorflow as tf
 
+from keras_xformer.text.wordpiece import END_ID
+from keras_xformer.text.wordpiece import START_ID
+
 
 def encode_source(tokenizer, texts, source_length):
     """Source ids `(batch, source_length)`, 0-padded, ending with [END] (kept
@@ -53,6 +56,8 @@ def make_dataset(
     seed=0,
     bucket_boundaries=None,
     tokens_per_batch=None,
+    subword_alpha=0.0,
+    subword_samples=8,
 ):
     """`((source_ids, target_input_ids), target_label_ids)` batches.
 
@@ -75,6 +80,14 @@ def make_dataset(
             many (padded) target tokens, so short sentences come many to a
             batch and every step costs about the same (the paper batches
             by about 25000 tokens).
+        subword_alpha: with `bucket_boundaries` and SentencePiece
+            tokenizers, > 0 trains on sampled segmentations (subword
+            regularization, Kudo 2018; `SentencePieceTokenizer.sample`):
+            each side of each pair takes one of `subword_samples`
+            segmentations drawn once here, a different one at random every
+            pass. A sample longer than the dataset's lengths is replaced
+            by the pair's usual segmentation (never truncated).
+        subword_samples: segmentations drawn per text.
 
     Returns:
         A `tf.data.Dataset`, prefetched.
@@ -102,7 +115,10 @@ def make_dataset(
         dataset = _bucketed_ids(source_texts, target_texts, source_tokenizer,
                                 target_tokenizer, source_length, target_length,
                                 bucket_boundaries, batch_size, tokens_per_batch,
-                                shuffle, seed)
+                                shuffle, seed, subword_alpha, subword_samples)
+    elif subword_alpha:
+        raise ValueError("`subword_alpha` needs `bucket_boundaries` (the pre-tokenized, "
+                         "length-bucketed pipeline).")
     else:
         dataset = dataset.batch(batch_size).map(encode, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -168,21 +184,75 @@ def _encode_all(encode, tokenizer, texts, length, chunk=8192):
     return tf.concat(rows, axis=0)
 
 
+def _sampled_ids(tokenizer, texts, usual, length, alpha, samples, seed, source):
+    """`(texts, samples, None)` ragged ids laid out as `encode_source`
+    (`source=True`) or `encode_target` lays them out, without padding: each
+    a sampled segmentation, or `usual`'s row (the usual ids, same layout)
+    where the sample would not fit `length`."""
+    if not hasattr(tokenizer, "sample"):
+        raise ValueError(
+            "Subword sampling needs SentencePiece tokenizers; "
+            f"{type(tokenizer).__name__} has no sampled segmentations. Use "
+            "--tokenizer sentencepiece, or turn sampling off (--subword-alpha 0).")
+    usual_rows = usual.to_list()
+    fits = length - 1  # room for the pieces beside [END]
+    variants = []
+    for k in range(samples):
+        rows = tokenizer.sample(texts, alpha, seed=seed * 1000 + 2 * k + (0 if source else 1))
+        laid_out = []
+        for row, kept in zip(rows, usual_rows):
+            if len(row) > fits:
+                laid_out.append(kept)
+            elif source:
+                laid_out.append(row + [END_ID])
+            else:
+                laid_out.append([START_ID] + row + [END_ID])
+        lengths = np.fromiter((len(r) for r in laid_out), np.int64, len(laid_out))
+        values = np.fromiter((i for r in laid_out for i in r), np.int32, int(lengths.sum()))
+        variants.append(tf.RaggedTensor.from_row_lengths(values, lengths))
+    return tf.stack(variants, axis=1)
+
+
 def _bucketed_ids(source_texts, target_texts, source_tokenizer, target_tokenizer,
                   source_length, target_length, boundaries, batch_size, tokens_per_batch,
-                  shuffle, seed):
+                  shuffle, seed, subword_alpha=0.0, subword_samples=8):
     # The corpus is tokenized once, here, not again every epoch: on a
     # 2-core machine the per-epoch tokenization ran on the cores the
     # training step needs. The ids are kept ragged, so memory grows with
     # the tokens, not with the padded lengths.
     source = _encode_all(encode_source, source_tokenizer, source_texts, source_length)
     target = _encode_all(encode_target, target_tokenizer, target_texts, target_length)
-    # Slices of a ragged tensor come out as rank-1 ragged elements, which
-    # `padded_batch` refuses; `identity` makes them plain tensors.
-    dataset = tf.data.Dataset.from_tensor_slices((source, target)).map(
-        lambda s, t: (tf.identity(s), tf.identity(t)))
-    if shuffle:
-        dataset = dataset.shuffle(len(source_texts), seed=seed, reshuffle_each_iteration=True)
+    if subword_alpha:
+        # The same reasoning for sampled segmentations: drawn here, a few
+        # per text (not one per text and epoch, which would tokenize
+        # again every epoch on the training cores).
+        if subword_samples < 1:
+            raise ValueError(f"`subword_samples` must be >= 1. Received: {subword_samples}")
+        source = _sampled_ids(source_tokenizer, list(source_texts), source, source_length,
+                              subword_alpha, subword_samples, seed, source=True)
+        target = _sampled_ids(target_tokenizer, list(target_texts), target, target_length,
+                              subword_alpha, subword_samples, seed, source=False)
+        dataset = tf.data.Dataset.from_tensor_slices((source, target))
+        if shuffle:
+            dataset = dataset.shuffle(len(source_texts), seed=seed,
+                                      reshuffle_each_iteration=True)
+        # A new draw every pass: which of the samples each side takes.
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        count = tf.constant(subword_samples, tf.int64)
+
+        def pick(pair, draw):
+            draw = tf.abs(draw)
+            return pair[0][draw % count], pair[1][(draw // count) % count]
+
+        dataset = tf.data.Dataset.zip((dataset, draws)).map(pick)
+    else:
+        # Slices of a ragged tensor come out as rank-1 ragged elements, which
+        # `padded_batch` refuses; `identity` makes them plain tensors.
+        dataset = tf.data.Dataset.from_tensor_slices((source, target)).map(
+            lambda s, t: (tf.identity(s), tf.identity(t)))
+        if shuffle:
+            dataset = dataset.shuffle(len(source_texts), seed=seed,
+                                      reshuffle_each_iteration=True)
 
     def length(source, target):
         # The longer side sets the padded size of both: pieces + [END].

@@ -120,3 +120,51 @@ def test_streamed_corpus_splits_by_hash_and_batches_by_tokens(tmp_path):
         assert source.shape[0] * target_out.shape[1] <= 96 + 12
         seen += int(source.shape[0])
     assert 0 < seen <= len(splits["train"])
+
+
+def test_subword_sampling_draws_new_segmentations_every_pass_and_keeps_the_text():
+    from keras_xformer.text import SentencePieceTokenizer
+
+    rng = np.random.default_rng(3)
+    words = ("Open the file %s permission denied Delete items Show Hidden Files "
+             "authentication failed Fichier enregistré introuvable").split()
+    sources = sorted({" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(200)})
+    targets = [s.upper() for s in sources]
+    sp = SentencePieceTokenizer.train(sources + targets, 120)
+    usual = {s: tuple(ids) for s, ids in zip(sources, sp.tokenize(sources).to_list())}
+    length = max(len(ids) for ids in usual.values()) + 1  # the longest fits exactly
+
+    def dataset(seed):
+        return make_dataset(sources, targets, sp, sp, length, length, seed=seed,
+                            bucket_boundaries=[4, 8, 16], tokens_per_batch=128,
+                            subword_alpha=0.1, subword_samples=4)
+
+    def one_pass(data):
+        found = {}
+        for (source, target_in), target_out in data:
+            assert source.shape[1] <= length and target_out.shape[1] <= length
+            for s, ti, to in zip(source.numpy(), target_in.numpy(), target_out.numpy()):
+                s, ti, to = s[s != 0], ti[ti != 0], to[to != 0]
+                assert s[-1] == 3 and ti[0] == 2 and to[-1] == 3  # [END], [START]
+                np.testing.assert_array_equal(ti[1:len(to)], to[:-1])  # teacher forcing
+                text = sp.detokenize(s[None]).numpy()[0].decode()
+                assert text not in found
+                # The text comes back exactly, whatever the segmentation.
+                assert sp.detokenize(to[None]).numpy()[0].decode() == text.upper()
+                found[text] = (tuple(s[:-1]), tuple(to[:-1]))
+        assert sorted(found) == sources  # every pair once per pass
+        return found
+
+    data = dataset(seed=1)
+    first, second = one_pass(data), one_pass(data)
+    assert sum(first[s][0] != usual[s] for s in sources) > len(sources) // 10
+    assert sum(first[s] != second[s] for s in sources) > len(sources) // 10
+    assert one_pass(dataset(seed=1)) == first  # a seed gives the same draws
+    assert one_pass(dataset(seed=2)) != first
+
+    with pytest.raises(ValueError, match="alpha"):
+        sp.sample(sources, 0.0)
+    wordpiece = WordPieceTokenizer.train(sources, 60, lower_case=False)
+    with pytest.raises(ValueError, match="SentencePiece"):
+        make_dataset(sources, sources, wordpiece, wordpiece, 40, 40,
+                     bucket_boundaries=[8], subword_alpha=0.2)

@@ -44,6 +44,7 @@ def load_tsv(
     seed=0,
     max_pairs=None,
     split="shuffle",
+    held_out_pairs=None,
 ):
     """Loads a parallel corpus from a tab-separated file.
 
@@ -71,6 +72,9 @@ def load_tsv(
             file), or None for all.
         split: `"shuffle"` (shuffle, then cut) or `"hash"` (by a stable
             hash of the source text).
+        held_out_pairs: at most about this many pairs each for validation
+            and test: a fraction that would give more is lowered to
+            `held_out_pairs / pairs` (a large corpus trains on the rest).
 
     Returns:
         `(train, validation, test)`, each a tuple
@@ -118,7 +122,17 @@ def load_tsv(
 
     if split not in ("shuffle", "hash"):
         raise ValueError(f'`split` must be "shuffle" or "hash". Received: split={split!r}')
+    if held_out_pairs is not None and (
+        isinstance(held_out_pairs, bool) or not isinstance(held_out_pairs, int)
+        or held_out_pairs < 1
+    ):
+        raise ValueError("`held_out_pairs` must be a positive integer or None. "
+                         f"Received: held_out_pairs={held_out_pairs!r}")
     pairs = _read_pairs(path)
+    if held_out_pairs is not None:
+        share = held_out_pairs / max(1, min(len(pairs), max_pairs or len(pairs)))
+        validation_fraction = min(validation_fraction, share)
+        test_fraction = min(test_fraction, share)
     if split == "hash":
         return _hash_split(path, pairs, validation_fraction, test_fraction, seed, max_pairs)
     random.Random(seed).shuffle(pairs)

@@ -126,3 +126,20 @@ def test_hash_split_is_stable_and_follows_the_source_text(tmp_path):
     assert set(pairs_of(validation)) <= set(pairs_of(validation2))
     with pytest.raises(ValueError, match="split"):
         parallel_text.load_tsv(path, split="random")
+
+
+@pytest.mark.parametrize("split", ["shuffle", "hash"])
+def test_held_out_pairs_caps_validation_and_test(tmp_path, split):
+    path = tmp_path / "pairs.tsv"
+    expected = write_corpus(path, count=800)
+    train, validation, test = parallel_text.load_tsv(path, split=split, held_out_pairs=10)
+    assert sorted(pairs_of(train) + pairs_of(validation) + pairs_of(test)) == sorted(expected)
+    if split == "shuffle":
+        assert len(pairs_of(validation)) == len(pairs_of(test)) == 10
+    else:  # about 10: the hash decides
+        assert 2 <= len(pairs_of(validation)) <= 25 and 2 <= len(pairs_of(test)) <= 25
+    # A cap above 5% leaves the fractions as they are.
+    assert parallel_text.load_tsv(path, split=split, held_out_pairs=1000) == \
+        parallel_text.load_tsv(path, split=split)
+    with pytest.raises(ValueError, match="held_out_pairs"):
+        parallel_text.load_tsv(path, held_out_pairs=0)
