@@ -2,11 +2,12 @@
 
     python benchmarks/build_corpus.py --out /work/corpus       # the corpus (once)
     python benchmarks/real_text.py run NAME [xformer train flags...]
-    python benchmarks/real_text.py score NAME                  # held-out scores of runs/NAME
+    python benchmarks/real_text.py score NAME [--length-penalty X]  # held-out scores of runs/NAME
     python benchmarks/real_text.py keras_hub --minutes 10
     python benchmarks/real_text.py latency FOLDER
     python benchmarks/real_text.py levers [--lever-epochs 4] [NAME_PREFIX]  # one lever at a time
     python benchmarks/real_text.py table                       # RESULTS.md rows
+    python benchmarks/real_text.py penalty NAME                # beam settings, on the run's own splits
 
 `run` trains with `xformer train --data CORPUS/train.tsv` plus the given
 flags (the defaults are the recipe; a flag turns one lever), then scores the
@@ -20,6 +21,11 @@ with `TokenAndPositionEmbedding` and its own `WordPieceTokenizer`
 default preset (`--preset`, default `tiny`), in `model.fit` for
 `--minutes` (give it our default run's training time), and scores it on the
 same held-out pairs with greedy decoding.
+
+`penalty` translates the run's own validation and test splits (cut from
+train.tsv by `xformer train`; never `test.tsv`, so choosing a decoding
+setting by them leaves the held-out scores honest) with beam 4 at several
+length penalties and prints BLEU, chrF and the length ratio for each.
 
 `latency` measures the SavedModel's time per sentence for 6-word inputs
 when exported with the trained (percentile) lengths and with the corpus'
@@ -80,16 +86,25 @@ def score(name, flags=(), wall=None):
               "parameters": metrics.get("parameters"), "tokenizer": metrics.get("tokenizer"),
               "weights": metrics.get("weights"),
               "lengths": [metrics.get("source_length"), metrics.get("target_length")]}
+    # The run's own length penalty, or the one given (`score NAME
+    # --length-penalty X` rescores a folder trained before it was kept).
+    flags = list(flags)
+    alpha = (float(flags[flags.index("--length-penalty") + 1]) if "--length-penalty" in flags
+             else metrics.get("length_penalty", 0.6))
+    result["length_penalty"] = alpha
     for beam in (4, 0):
         scores, hypotheses = pipeline.evaluate(
             model, source, target, (sources, references), metrics["source_length"],
             metrics["target_length"], beam=beam, show=6 if beam else 0,
-            label=f"held-out test.tsv ({name})", spans=pipeline.load_span_protector(out))
+            label=f"held-out test.tsv ({name})", spans=pipeline.load_span_protector(out),
+            length_penalty=alpha)
         result["beam4" if beam else "greedy"] = scores
         if beam:
-            with open(os.path.join(out, "test_translations.txt"), "w", encoding="utf-8") as f:
+            suffix = "" if alpha == metrics.get("length_penalty", 0.6) else f"_lp{alpha:g}"
+            with open(os.path.join(out, f"test_translations{suffix}.txt"), "w",
+                      encoding="utf-8") as f:
                 f.write("\n".join(hypotheses) + "\n")
-    record(name, result)
+    record(name + suffix, result)
     return 0
 
 
@@ -275,6 +290,38 @@ def latency(folder, repeats=30):
     return 0
 
 
+def penalty(name, penalties=(0.0, 0.6, 1.0, 1.4, 2.0), beams=(4,)):
+    """Decoding settings on the run's own validation and test splits."""
+    import sacrebleu
+
+    from keras_xformer import pipeline
+
+    out = os.path.join(corpus_dir(), "runs", name)
+    model, source, target, metrics = pipeline.load_translator(out)
+    spans = pipeline.load_span_protector(out)
+    args = argparse.Namespace(data=os.path.join(corpus_dir(), "train.tsv"), seed=0,
+                              held_out_pairs=metrics.get("held_out_pairs", 500),
+                              train_size=None)
+    _, validation, test = pipeline.load_corpus(args)
+    sources, references = validation[0] + test[0], validation[1] + test[1]
+    result = {}
+    for beam in beams:
+        for alpha in penalties:
+            hypotheses = pipeline.translate_texts(
+                model, source, target, sources, metrics["source_length"],
+                metrics["target_length"], beam=beam, length_penalty=alpha, spans=spans)
+            bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+            chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+            key = f"beam{beam}_lp{alpha:g}"
+            result[key] = {"bleu": bleu.score, "chrf": chrf,
+                           "length_ratio": bleu.sys_len / bleu.ref_len}
+            print(f"{name}: beam {beam}, length penalty {alpha:g}: BLEU {bleu.score:.2f}, "
+                  f"chrF {chrf:.2f}, length ratio {bleu.sys_len / bleu.ref_len:.3f} "
+                  f"({len(references)} pairs of the run's own splits)", flush=True)
+    record(f"penalty_{name}", result)
+    return 0
+
+
 def table():
     path = os.path.join(corpus_dir(), "runs", "results.json")
     results = json.load(open(path))
@@ -295,10 +342,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table",
-                                         "levers"])
+                                         "levers", "penalty"])
     parser.add_argument("name", nargs="?")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="tiny", help="keras_hub: our preset's size")
+    parser.add_argument("--penalties", type=float, nargs="+", default=[0.0, 0.6, 1.0, 1.4, 2.0],
+                        help="penalty: length penalties to try")
+    parser.add_argument("--beams", type=int, nargs="+", default=[4],
+                        help="penalty: beam sizes to try (0: greedy)")
     parser.add_argument("--lever-epochs", type=int, default=4, help="levers: epochs per run")
     # Intermixed: `levers --epochs 4 NAME` must give NAME to `name`, not to
     # the flags passed through to `xformer train`.
@@ -319,6 +370,8 @@ def main(argv=None):
         return keras_hub_baseline(args.minutes, preset=args.preset)
     if args.mode == "latency":
         return latency(args.name)
+    if args.mode == "penalty":
+        return penalty(args.name, args.penalties, args.beams)
     return table()
 
 

@@ -32,6 +32,14 @@ def _check_folder(folder):
     return True
 
 
+def _length_penalty(args, metrics):
+    """The flag's, else the one the folder was evaluated with (0.6, the
+    paper's, for folders from before it was kept)."""
+    if args.length_penalty is not None:
+        return args.length_penalty
+    return metrics.get("length_penalty", 0.6)
+
+
 def _translate(args):
     if not _check_folder(args.folder):
         return 2
@@ -42,6 +50,7 @@ def _translate(args):
     outputs = pipeline.translate_texts(
         model, source, target, texts, metrics.get("source_length", 64),
         metrics.get("target_length", 64), beam=args.beam,
+        length_penalty=_length_penalty(args, metrics),
         spans=pipeline.load_span_protector(args.folder))
     for line in outputs:
         print(line, flush=True)
@@ -64,7 +73,8 @@ def _evaluate(args):
         model, source, target, ([s for s, _ in pairs], [t for _, t in pairs]),
         metrics.get("source_length", 64), metrics.get("target_length", 64),
         beam=args.beam, show=args.show, label=os.path.basename(args.data),
-        spans=pipeline.load_span_protector(args.folder))
+        spans=pipeline.load_span_protector(args.folder),
+        length_penalty=_length_penalty(args, metrics))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write("\n".join(hypotheses) + "\n")
@@ -110,12 +120,18 @@ def build_parser():
     translate.add_argument("folder", help="the --out folder of `xformer train`")
     translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
     translate.add_argument("--beam", type=int, default=4, help="beam size (0: greedy)")
+    translate.add_argument("--length-penalty", type=float, default=None,
+                       help="beam search's length penalty (default: the folder's, "
+                            "from its training run)")
     translate.set_defaults(func=_translate)
 
     evaluate = commands.add_parser("evaluate", help="cased BLEU and chrF on a TSV file")
     evaluate.add_argument("folder", help="the --out folder of `xformer train`")
     evaluate.add_argument("--data", required=True, help="source<TAB>reference pairs")
     evaluate.add_argument("--beam", type=int, default=4, help="beam size (0: greedy)")
+    evaluate.add_argument("--length-penalty", type=float, default=None,
+                       help="beam search's length penalty (default: the folder's, "
+                            "from its training run)")
     evaluate.add_argument("--max-pairs", type=int, default=None)
     evaluate.add_argument("--show", type=int, default=5, help="translations to print")
     evaluate.add_argument("--output", help="write the translations to this file")
@@ -139,9 +155,9 @@ def main(argv=None):
 
         args = pipeline.finish_arguments(parser, args)
         args.started = started
-    for name in ("beam",):
+    for name in ("beam", "length_penalty"):
         if getattr(args, name, 0) is not None and getattr(args, name, 0) < 0:
-            parser.error(f"--{name} must be >= 0")
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:

@@ -67,6 +67,8 @@ def test_train_stops_at_its_time_budget_and_exports(trained):
     assert metrics["training_precision"] == ("mixed_bfloat16" if native else "float32")
     assert f"Precision: {metrics['training_precision']} training steps" in stdout
     assert metrics["precision"] == "float32"
+    # The evaluation's length penalty is kept for `xformer translate`.
+    assert metrics["length_penalty"] == 2.0 and "(length penalty 2)" in stdout
     # The CTranslate2 export (a test extra): greedy, as the SavedModel, on
     # the same pairs, so the two engines score alike.
     assert os.path.exists(os.path.join(out, "translator_ct2", "model.bin"))
@@ -94,7 +96,14 @@ def test_translate_evaluate_and_export(trained, capsys, tmp_path, monkeypatch):
     assert cli.main(["translate", str(out), "--beam", "0"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2  # one line per input, even empty
     assert cli.main(["evaluate", str(out), "--data", str(corpus), "--max-pairs", "20"]) == 0
-    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    assert "(length penalty 2)" in printed  # the folder's, from its training run
+    scores = json.loads(printed.strip().splitlines()[-1])
+    assert cli.main(["evaluate", str(out), "--data", str(corpus), "--max-pairs", "20",
+                     "--length-penalty", "0.6"]) == 0
+    assert "(length penalty 0.6)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["translate", str(out), "--length-penalty", "-1", "x"])
     assert set(scores) >= {"bleu", "chrf", "exact_match"}
     assert cli.main(["export", str(out), "--out", str(tmp_path / "again"), "--no-tflite"]) == 0
     assert os.path.exists(tmp_path / "again" / "serving" / "saved_model.pb")
@@ -164,6 +173,10 @@ def test_own_data_defaults_are_the_measured_recipe():
         800, 2e-3, "inverse-sqrt", 0.2, 0.1, 14.5, 3, 3, 4, 99.0, None, None)
     assert parsed("--data", "pairs.tsv", "--epochs", "3").time_budget is None
     assert args.precision == "auto" and args.held_out_pairs == 500
+    # Beam 4 at length penalty 2.0, chosen on the runs' own splits (session 10).
+    assert args.length_penalty == 2.0 and args.subword_alpha == 0.0
+    assert pipeline.finish_arguments(parser, parser.parse_args(
+        ["train", "--data", "p.tsv", "--length-penalty", "0.6"])).length_penalty == 0.6
     assert parsed("--data", "pairs.tsv", "--schedule", "linear").cooldown == 0.0
     assert parsed("--data", "pairs.tsv", "--cooldown", "0").cooldown == 0.0
     # One piece per 3 training pairs, 2000 to 8000 (runs T, R and V).
@@ -221,6 +234,8 @@ def test_recipe_flags_are_checked(tmp_path, capsys):
                            (["--dropout", "-0.1"], "--dropout"),
                            (["--batch-tokens", "-5"], "--batch-tokens"),
                            (["--cooldown", "1.5"], "--cooldown"),
+                           (["--length-penalty", "-1"], "--length-penalty"),
+                           (["--subword-alpha", "-0.1"], "--subword-alpha"),
                            (["--schedule", "linear", "--cooldown", "0.2"], "--cooldown")):
         with pytest.raises(SystemExit):
             cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "o"), *flags])
