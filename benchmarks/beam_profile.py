@@ -15,12 +15,19 @@ which after issue 14 is `top_k flat, cache rows`):
   parents' rows), as before issue 14; `cache rows`: caches in place, the
   attention reading each beam's positions through `cache_rows`.
 - `no log_softmax`, `no cache reorder`: that piece left out.
+- `before: cross caches per beam`: the source's cross-attention keys/values
+  repeated for each of its k beams, as `generate` did until the attention
+  learnt to serve k query rows from one cache row (`MultiHeadAttention`'s
+  reused `cache`).
 - `before: stacked caches` (beam and greedy): keras-hub's stacked
   `(rows, 2, T, heads, dim)` caches, whose one-query attention is a broadcast
   multiply and sums; `generate` now keeps split heads-first `(keys, values)`
   caches, read with batched matmuls.
 
     flock /tmp/kx_cpu.lock python benchmarks/beam_profile.py --threads 1
+        [--only "beam ours" "beam before: cross"] [--int8]
+
+`--int8`: the model after Keras' `quantize("int8")` (every projection).
 """
 
 import argparse
@@ -35,6 +42,7 @@ parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
 parser.add_argument("--repeats", type=int, default=5)
 parser.add_argument("--only", nargs="*", default=[], help="variant name prefixes to run")
+parser.add_argument("--int8", action="store_true", help='after model.quantize("int8")')
 ARGS = parser.parse_args()
 
 import tensorflow as tf  # noqa: E402
@@ -80,16 +88,19 @@ def stacked_caches(model, batch, max_length):
 
 
 def variant_beam_search(model, source_ids, max_length, k, length_penalty,
-                        select="flat", log_softmax=True, cache="rows", layout="split"):
-    """`beam_search` with one piece swapped. `select="flat", cache="take"`
-    is the search before issue 14; `layout="stacked"` the caches before the
-    split heads-first layout."""
+                        select="flat", log_softmax=True, cache="rows", layout="split",
+                        cross_per_beam=False):
+    """`beam_search` with one piece swapped. `select="flat", cache="take",
+    cross_per_beam=True` is the search before issue 14; `layout="stacked"`
+    the caches before the split heads-first layout; `cross_per_beam` the
+    cross-attention caches before the beams shared them."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
-    cross_caches = [tree.map_structure(lambda t: ops.repeat(t, k, axis=0), c)
-                    for c in model.decoder.compute_cross_attention_caches(
-                        encoder_outputs, layout=layout)]
-    source_mask = ops.repeat(source_mask, k, axis=0)
+    cross_caches = model.decoder.compute_cross_attention_caches(encoder_outputs, layout=layout)
+    if cross_per_beam:
+        cross_caches = [tree.map_structure(lambda t: ops.repeat(t, k, axis=0), c)
+                        for c in cross_caches]
+        source_mask = ops.repeat(source_mask, k, axis=0)
     vocabulary = model.target_vocabulary_size
     pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, S._NEG)
     batch_offsets = ops.expand_dims(ops.arange(batch) * k, 1)
@@ -175,7 +186,8 @@ def stacked_greedy_search(model, source_ids, max_length):
 
 
 def without_attention_math(which, fn):
-    """`fn` traced with the single-query attention of the decoder's
+    """`fn` (a search with cross caches per beam: one query row per cache
+    row) traced with the single-query attention of the decoder's
     self- (`which="self"`), cross- (`"cross"`) or both attentions replaced
     by the first value row (wrong results: the cost of that math), in
     either cache layout."""
@@ -270,7 +282,10 @@ def main():
     bias = model.output_projection.bias.numpy()
     bias[[0, 3]] = -1e4
     model.output_projection.bias.assign(bias)
-    print(f"threads {ARGS.threads}, TensorFlow {tf.__version__}", flush=True)
+    if ARGS.int8:
+        model.quantize("int8")
+    print(f"threads {ARGS.threads}, TensorFlow {tf.__version__}"
+          f"{', int8 weights' if ARGS.int8 else ''}", flush=True)
 
     for batch in ARGS.batches:
         source = np.random.default_rng(batch).integers(4, VOCAB, (batch, SOURCE)).astype("int32")
@@ -279,10 +294,13 @@ def main():
         variants = {
             "beam ours (generate)": lambda: model.generate(
                 source, max_length=NEW, method="beam", beam_size=BEAM),
+            "beam before: cross caches per beam": (lambda: variant_beam_search(
+                model, source, NEW, BEAM, 0.6, cross_per_beam=True), True),
             "beam before: top_k flat, cache take": (lambda: variant_beam_search(
-                model, source, NEW, BEAM, 0.6, select="flat", cache="take"), True),
+                model, source, NEW, BEAM, 0.6, select="flat", cache="take",
+                cross_per_beam=True), True),
             "beam before: stacked caches": (lambda: variant_beam_search(
-                model, source, NEW, BEAM, 0.6, layout="stacked"), True),
+                model, source, NEW, BEAM, 0.6, layout="stacked", cross_per_beam=True), True),
             "beam top_k two-stage, cache rows": (lambda: variant_beam_search(
                 model, source, NEW, BEAM, 0.6, select="two-stage"), True),
             "beam top_k flat, cache take": (lambda: variant_beam_search(
@@ -299,11 +317,14 @@ def main():
             f"greedy batch {batch * BEAM} before: stacked caches": (
                 lambda: stacked_greedy_search(model, wide, NEW), True),
             "beam no self-attention math (wrong)": (without_attention_math(
-                "self", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
+                "self", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6,
+                                             cross_per_beam=True)), True),
             "beam no cross-attention math (wrong)": (without_attention_math(
-                "cross", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
+                "cross", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6,
+                                             cross_per_beam=True)), True),
             "beam no attention math (wrong)": (without_attention_math(
-                "both", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6)), True),
+                "both", lambda: variant_beam_search(model, source, NEW, BEAM, 0.6,
+                                             cross_per_beam=True)), True),
             # Per step with caches half as long: how much of a step grows
             # with the cache length (attention over all max_length slots).
             f"beam, {NEW // 2} steps, caches of {NEW // 2}": lambda: model.generate(
@@ -327,7 +348,13 @@ def main():
         for name in fns:
             if name.startswith("beam") and "wrong" not in name and "steps" not in name:
                 # Same results as `generate`, before and after the change.
-                np.testing.assert_array_equal(fns[name](), ref)
+                if ARGS.int8:
+                    # int8 products summed in another order can flip a
+                    # near-tie of random weights: report, do not assert.
+                    print(f"  {name}: {np.mean(fns[name]() == ref):.2%} of generate's ids",
+                          flush=True)
+                else:
+                    np.testing.assert_array_equal(fns[name](), ref)
             if name.endswith("before: stacked caches") and name.startswith("greedy"):
                 expected = [v for p, v in greedy_refs.items() if name.startswith(p)][0]
                 np.testing.assert_array_equal(fns[name](), expected)

@@ -84,13 +84,18 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
     # Beams live in the batch axis: (batch * k, ...), beam-major per example.
-    cross_caches = [
-        tuple(ops.repeat(t, k, axis=0) for t in c)
-        for c in model.decoder.compute_cross_attention_caches(
-            encoder_outputs, layout="split"
-        )
-    ]
-    source_mask = ops.repeat(source_mask, k, axis=0)
+    cross_caches = model.decoder.compute_cross_attention_caches(
+        encoder_outputs, layout="split"
+    )
+    if source_ids.shape[0] is None:
+        # A batch size known only at run time: one copy of the source's
+        # keys/values per beam.
+        cross_caches = [tuple(ops.repeat(t, k, axis=0) for t in c) for c in cross_caches]
+        source_mask = ops.repeat(source_mask, k, axis=0)
+    # Otherwise the k beams of a source share its cross-attention cache:
+    # `MultiHeadAttention` reads it once for all of them (k query rows
+    # against one copy), where k copies made every step read k times the
+    # memory.
     vocabulary = model.target_vocabulary_size
     # A finished beam may only be extended by [PAD], at no cost.
     pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)

@@ -100,6 +100,25 @@ def _heads_first_attention(query, key, value, mask=None, dropout=None, training=
     return outputs, weights
 
 
+def _fold_rows(x, group):
+    """`(batch * group, T, ...)` -> `(batch, group * T, ...)`: consecutive
+    rows become positions of one row."""
+    return ops.reshape(x, (-1, group * x.shape[1]) + tuple(x.shape[2:]))
+
+
+def _unfold_rows(x, group):
+    """The inverse of `_fold_rows`."""
+    return ops.reshape(x, (-1, x.shape[1] // group) + tuple(x.shape[2:]))
+
+
+def _unfold_scores(scores, group):
+    """`(batch, heads, group * Tq, Tk)` -> `(batch * group, heads, Tq, Tk)`."""
+    _, heads, length, keys = scores.shape
+    scores = ops.reshape(scores, (-1, heads, group, length // group, keys))
+    scores = ops.transpose(scores, (0, 2, 1, 3, 4))
+    return ops.reshape(scores, (-1, heads, length // group, keys))
+
+
 def _attention_weights(logits, mask, dtype, dropout, training):
     """Softmax of `(batch, heads, Tq, Tk)` logits over the unmasked keys:
     `(weights, weights after dropout)` in `dtype`."""
@@ -306,7 +325,11 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             (`compute_cache(..., layout=...)` makes either).
         cache_update_index: where this call's keys/values are written into
             `cache`. `None` with a cache reuses the cache as it is (the
-            cross-attention keys/values of an encoder output).
+            cross-attention keys/values of an encoder output). A reused
+            cache of batch `B` also serves a query of batch `B * g` (static
+            sizes): query rows `b * g ... b * g + g - 1` attend to cache row
+            `b`, which is read once for all of them (beam search's beams
+            of one source); `value_mask` then has the cache's batch.
         cache_rows: `(batch, max_length)` int, with `cache_update_index`:
             the cache row that holds the keys/values of this row's position
             `t`, for a cache whose rows are never reordered (beam search
@@ -613,6 +636,21 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
 
         causal_offset = 0
         heads_first = cache is not None and is_split_cache(cache)
+        group = self._cache_group(q, cache) if reuse_cache else 1
+        if group > 1:
+            self._check_groupable(use_causal_mask, attention_mask)
+            # Beam search: `group` query rows per cache row (its beams, rows
+            # `b * group + j`). They become `group` query positions of one
+            # row, so each cached key/value is read once for all of them
+            # (one small matmul) instead of from `group` copies of the cache.
+            if value_mask is not None and value_mask.shape[0] == q.shape[0]:
+                # Given per query row: each group's rows share one source.
+                value_mask = ops.reshape(value_mask, (-1, group) + tuple(value_mask.shape[1:]))[:, 0]
+            q = _fold_rows(q, group)
+            if query_mask is not None:
+                query_mask = _fold_rows(query_mask, group)
+            if attention_mask is not None:
+                attention_mask = _fold_rows(attention_mask, group)
         if heads_first:
             self._check_cache_dims()
             self._check_split_cache(cache)
@@ -687,6 +725,10 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
             return_attention_scores,
             heads_first=heads_first,
         )
+        if group > 1:
+            attended = _unfold_rows(attended, group)
+            if scores is not None:
+                scores = _unfold_scores(scores, group)
         if gate is not None:
             attended = attended * ops.cast(gate, attended.dtype)
         outputs = self._output_dense(attended)
@@ -697,6 +739,38 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
         if return_attention_scores:
             results += (scores,)
         return results[0] if len(results) == 1 else results
+
+    @staticmethod
+    def _cache_group(query, cache):
+        """How many query rows share each row of a reused `cache`: 1
+        unless both batch sizes are static and the query's is a multiple of
+        the cache's (beam search's cross-attention)."""
+        cache_batch = (cache[0] if is_split_cache(cache) else cache).shape[0]
+        query_batch = query.shape[0]
+        if cache_batch is None or query_batch is None or cache_batch == query_batch:
+            return 1
+        if cache_batch == 0 or query_batch % cache_batch:
+            raise ValueError(
+                "A reused `cache` serves queries of its own batch size, or of "
+                "a multiple of it (that many consecutive query rows per cache "
+                f"row). Received: query batch {query_batch}, cache batch "
+                f"{cache_batch}"
+            )
+        return query_batch // cache_batch
+
+    def _check_groupable(self, use_causal_mask, attention_mask):
+        if use_causal_mask or self._sliding_window is not None:
+            raise ValueError(
+                "A reused `cache` shared by several query rows (query batch a "
+                "multiple of the cache's) does not support `use_causal_mask` "
+                "or `sliding_window`: repeat the cache to the query's batch."
+            )
+        if attention_mask is not None and len(attention_mask.shape) != 3:
+            raise ValueError(
+                "A reused `cache` shared by several query rows takes a "
+                "`(batch, Tq, Tv)` `attention_mask` only. Received shape "
+                f"{attention_mask.shape}"
+            )
 
     def _use_fused_kernel(self, training, return_attention_scores):
         if return_attention_scores or (self._dropout > 0 and training):

@@ -81,6 +81,17 @@ def test_beam_search_equals_the_reordering_reference(norm_first):
         got = model.generate(source, max_length=9, method="beam", beam_size=3,
                              jit_compile=jit_compile)
         np.testing.assert_array_equal(got, expected)
+    if keras.backend.backend() == "tensorflow":
+        # A batch size known only at run time (a graph with a `None` batch):
+        # the beams get copies of the cross-attention cache instead of
+        # sharing one (the search above), with the same results.
+        import tensorflow as tf
+
+        from keras_xformer.decoding.search import beam_search
+
+        search = tf.function(lambda ids: beam_search(model, ids, 9, 3, 0.6),
+                             input_signature=[tf.TensorSpec([None, 7], tf.int32)])
+        np.testing.assert_array_equal(search(source).numpy(), expected)
 
 
 def test_cache_rows_read_like_a_reordered_cache():

@@ -236,6 +236,43 @@ class MultiHeadAttentionTest(LayerTestCase):
             to_numpy(out), to_numpy(layer(x, memory, value_mask=memory_mask)), atol=1e-5)
         self.assertIs(same[0], cross[0])
 
+    def test_reused_cache_serves_a_multiple_of_its_batch(self):
+        # Beam search: g query rows per source share one cross-attention
+        # cache, with the results of g copies of it.
+        g, S = 3, 9
+        layer = MultiHeadAttention(H, 4)
+        memory = random_inputs(B, S, D)
+        memory_mask = np.ones((B, S), bool)
+        memory_mask[1, 5:] = False
+        x = random_inputs(B * g, 2, D)
+        query_mask = np.ones((B * g, 2), bool)
+        query_mask[4, 1] = False
+        repeated_memory = np.repeat(to_numpy(memory), g, axis=0)
+        repeated_mask = np.repeat(memory_mask, g, axis=0)
+        expected, expected_scores = layer(
+            x, repeated_memory, query_mask=query_mask, value_mask=repeated_mask,
+            return_attention_scores=True)
+        for layout in ("split", "stacked"):
+            cache = layer.compute_cache(memory, layout=layout)
+            # The source mask at the cache's batch, or repeated per query row.
+            for mask in (memory_mask, repeated_mask):
+                out, _, scores = layer(x, None, query_mask=query_mask, value_mask=mask,
+                                       cache=cache, return_attention_scores=True)
+                np.testing.assert_allclose(to_numpy(out), to_numpy(expected), atol=1e-5)
+                np.testing.assert_allclose(
+                    to_numpy(scores), to_numpy(expected_scores), atol=1e-6)
+            # An explicit (batch, Tq, Tv) mask per query row.
+            out, _ = layer(x, None, attention_mask=np.repeat(repeated_mask[:, None], 2, 1),
+                           cache=cache)
+            np.testing.assert_allclose(
+                to_numpy(out),
+                to_numpy(layer(x, repeated_memory, value_mask=repeated_mask)), atol=1e-5)
+        cache = layer.compute_cache(memory, layout="split")
+        with pytest.raises(ValueError, match="multiple of it"):
+            layer(random_inputs(B * g + 1, 1, D), None, cache=cache)
+        with pytest.raises(ValueError, match="use_causal_mask"):
+            layer(x, None, cache=cache, use_causal_mask=True)
+
     def test_bad_split_cache_is_a_clear_error(self):
         layer = MultiHeadAttention(H, 4)
         x = random_inputs(B, 1, D)
