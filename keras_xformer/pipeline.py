@@ -225,10 +225,10 @@ def finish_arguments(parser, args):
         # 90 s before the budget's end (see `TimeBudget` below), and
         # evaluation (499 test pairs) and the exports took 38-52 s on the
         # catalogs corpus in session 11. Runs J and P (session 7) took 67
-        # and 137 s on a 1,687-pair test split. A slow evaluation seen in
-        # session 11 (85.7 ms a sentence against 16.3 in the next run) came
-        # from the package's source files being edited while the run went
-        # on: AutoGraph re-reads them when it traces the search.
+        # and 137 s on a 1,687-pair test split. The slow evaluations seen in
+        # session 11 (83-86 ms a sentence against 16-25 on an idle machine)
+        # came with source files edited during the run (AutoGraph failed to
+        # convert the search) or with other work on the cores.
         if args.time_budget is None and args.epochs is None:
             args.time_budget = 14.5
         if args.average_checkpoints is None:
