@@ -51,7 +51,8 @@ def _translate(args):
         model, source, target, texts, metrics.get("source_length", 64),
         metrics.get("target_length", 64), beam=args.beam,
         length_penalty=_length_penalty(args, metrics),
-        spans=pipeline.load_span_protector(args.folder))
+        spans=pipeline.load_span_protector(args.folder),
+        split_sentences=pipeline.split_setting(args, metrics))
     for line in outputs:
         print(line, flush=True)
     return 0
@@ -74,7 +75,8 @@ def _evaluate(args):
         metrics.get("source_length", 64), metrics.get("target_length", 64),
         beam=args.beam, show=args.show, label=os.path.basename(args.data),
         spans=pipeline.load_span_protector(args.folder),
-        length_penalty=_length_penalty(args, metrics))
+        length_penalty=_length_penalty(args, metrics),
+        split_sentences=pipeline.split_setting(args, metrics))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write("\n".join(hypotheses) + "\n")
@@ -99,7 +101,8 @@ def _export(args):
     pipeline.export_all(model, source, target, ([s for s, _ in pairs], [t for _, t in pairs]),
                         metrics.get("source_length", 64), metrics.get("target_length", 64),
                         out, tflite=not args.no_tflite,
-                        spans=pipeline.load_span_protector(args.folder))
+                        spans=pipeline.load_span_protector(args.folder),
+                        split_sentences=pipeline.split_setting(args, metrics))
     print(f"Exported to {out}/ in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -123,6 +126,7 @@ def build_parser():
     translate.add_argument("--length-penalty", type=float, default=None,
                        help="beam search's length penalty (default: the folder's, "
                             "from its training run)")
+    pipeline.add_sentence_argument(translate)
     translate.set_defaults(func=_translate)
 
     evaluate = commands.add_parser("evaluate", help="cased BLEU and chrF on a TSV file")
@@ -135,6 +139,7 @@ def build_parser():
     evaluate.add_argument("--max-pairs", type=int, default=None)
     evaluate.add_argument("--show", type=int, default=5, help="translations to print")
     evaluate.add_argument("--output", help="write the translations to this file")
+    pipeline.add_sentence_argument(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
     export = commands.add_parser("export", help="write the SavedModel and TFLite exports")
@@ -142,6 +147,7 @@ def build_parser():
     export.add_argument("--out", help="where to write them (default: the folder)")
     export.add_argument("--data", help="pairs to check the exports' BLEU on (first 500)")
     export.add_argument("--no-tflite", action="store_true", help="the SavedModel only")
+    pipeline.add_sentence_argument(export)
     export.set_defaults(func=_export)
     return parser
 

@@ -149,7 +149,24 @@ def add_training_arguments(parser, own_data=False):
                         help="skip the SavedModel and TFLite exports")
     parser.add_argument("--no-tflite", action="store_true",
                         help="export the SavedModel only")
+    add_sentence_argument(parser)
     return parser
+
+
+def add_sentence_argument(parser):
+    parser.add_argument("--whole-texts", action="store_true",
+                        help="translate each text as one input, not sentence by sentence "
+                             "(by default a text of several sentences is split, each "
+                             "sentence translated, and the translations joined; kept in "
+                             "the folder for `xformer translate`, `evaluate`, `export`)")
+
+
+def split_setting(args, metrics=None):
+    """Sentence by sentence unless `--whole-texts` was given now or when the
+    folder was trained."""
+    if getattr(args, "whole_texts", False):
+        return False
+    return (metrics or {}).get("split_sentences", True)
 
 
 def finish_arguments(parser, args):
@@ -586,13 +603,17 @@ def _length_classes(lengths, base):
 
 
 def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_length,
-                    target_length, beam=4, batch_size=64, length_penalty=0.6, spans=None):
+                    target_length, beam=4, batch_size=64, length_penalty=0.6, spans=None,
+                    split_sentences=True):
     """Translates a list of `str`, never cutting a long input: inputs
     longer than `source_length` word pieces are encoded at their own width
     (the sinusoidal positions have no limit) and given up to twice their
     length to translate; the rest share the trained lengths. With `spans`
     (the folder's `SpanProtector`, `load_span_protector`), protected spans
-    are masked before and put back after."""
+    are masked before and put back after. With `split_sentences` (the
+    default) a text of several sentences is translated sentence by sentence
+    and joined back with its own white space (`keras_xformer.text.sentences`:
+    chrF +1.6 held out on real text, benchmarks/RESULTS.md)."""
     import numpy as np
 
     from keras_xformer.data import token_lengths
@@ -600,11 +621,24 @@ def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_len
     texts = list(texts)
     if not texts:
         return []
+    if split_sentences:
+        from keras_xformer.text import sentences as sentence_split
+
+        sentences, separators = sentence_split.split_sentences(texts)
+        if sentences.flat_values.shape[0] > len(texts):
+            flat = [t.decode("utf-8") for t in sentences.flat_values.numpy()]
+            outputs = translate_texts(model, source_tokenizer, target_tokenizer, flat,
+                                      source_length, target_length, beam, batch_size,
+                                      length_penalty, spans, split_sentences=False)
+            joined = sentence_split.join_sentences(
+                sentences.with_flat_values(outputs), separators).numpy()
+            return [t.decode("utf-8") for t in joined]
     if spans is not None:
         masked, found = spans.protect(texts)
         outputs = translate_texts(model, source_tokenizer, target_tokenizer,
                                   [m.decode("utf-8") for m in masked.numpy()], source_length,
-                                  target_length, beam, batch_size, length_penalty)
+                                  target_length, beam, batch_size, length_penalty,
+                                  split_sentences=False)
         return [t.decode("utf-8") for t in spans.restore(outputs, found).numpy()]
     lengths = token_lengths(source_tokenizer, texts) + 1
     widths = _length_classes(lengths, source_length)
@@ -652,15 +686,17 @@ def score(hypotheses, references):
 
 
 def evaluate(model, source_tokenizer, target_tokenizer, pairs, source_length, target_length,
-             beam=4, show=5, label="Test", spans=None, length_penalty=0.6):
+             beam=4, show=5, label="Test", spans=None, length_penalty=0.6,
+             split_sentences=True):
     """Scores a model on `(sources, references)` and prints a few
     translations; with `spans` (a `SpanProtector`) the scores are on the
-    unmasked translations."""
+    unmasked translations; `split_sentences` as `translate_texts`."""
     sources, references = pairs
     start = time.perf_counter()
     hypotheses = translate_texts(model, source_tokenizer, target_tokenizer, sources,
                                  source_length, target_length, beam=beam, spans=spans,
-                                 length_penalty=length_penalty)
+                                 length_penalty=length_penalty,
+                                 split_sentences=split_sentences)
     seconds = time.perf_counter() - start
     result = score(hypotheses, references)
     result["ms_per_sentence"] = 1000 * seconds / max(1, len(sources))
@@ -1076,7 +1112,8 @@ def train_evaluate_export(args, strategy, chief, work, backup):
 
     test_result, _ = evaluate(model, source_tokenizer, target_tokenizer, test,
                               source_length, target_length, beam=args.beam, spans=spans,
-                              length_penalty=args.length_penalty)
+                              length_penalty=args.length_penalty,
+                              split_sentences=split_setting(args))
 
     # Everything is written to a staging folder first, then moved over the
     # previous artefacts: a run that fails leaves them as they were.
@@ -1101,6 +1138,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         "test_pairs": len(test[1]),
         "decoding": f"beam {args.beam}" if args.beam else "greedy",
         "length_penalty": args.length_penalty,
+        "split_sentences": split_setting(args),
         "precision": model.dtype_policy.name,
         "training_precision": args.training_precision,
         "replicas": strategy.num_replicas_in_sync,
@@ -1118,7 +1156,8 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         try:
             metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
                                       source_length, target_length, staging,
-                                      tflite=not args.no_tflite, spans=spans))
+                                      tflite=not args.no_tflite, spans=spans,
+                                      split_sentences=split_setting(args)))
         except Exception as error:  # noqa: BLE001: reported below, with the way out
             # A failed export must not cost the training: the model, its
             # tokenizers and metrics still go to --out, and `xformer export`
@@ -1167,14 +1206,17 @@ def choose_weights(model, best_path, average, validation_data):
 
 
 def export_all(model, source_tokenizer, target_tokenizer, test, source_length, max_length,
-               folder, tflite=True, spans=None):
+               folder, tflite=True, spans=None, split_sentences=True):
     """The exports of a trained model into `folder`: the SavedModel
     (`serving/`) and the TFLite files, with their sizes and test-split BLEU.
     The one place to add another export format; the BLEU figures are on
     the first 500 pairs of `test`. With `spans` (a `SpanProtector`) the
     SavedModel masks and unmasks inside its graph, and the TFLite and
     CTranslate2 figures are on unmasked translations (those engines take
-    ids: `keras_xformer.text.spans.protect`/`restore` around them)."""
+    ids: `keras_xformer.text.spans.protect`/`restore` around them). With
+    `split_sentences` the SavedModel translates sentence by sentence inside
+    its graph, and the id-level engines get the same sentences (an app
+    around them splits with `keras_xformer.text.sentences`)."""
     import numpy as np
     import sacrebleu
     import tensorflow as tf
@@ -1187,22 +1229,36 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
     # interpreter runs one sentence at a time.
     sources, references = list(test[0])[:500], list(test[1])[:500]
     # What the id-level engines (TFLite, CTranslate2) see, and what turns
-    # their output back into text.
-    masked, found = sources, None
-    if spans is not None and sources:
-        masked, found = spans.protect(sources)
+    # their output back into text: the sentences of the sources (one each
+    # without `split_sentences`), spans masked.
+    from keras_xformer.text import sentences as sentence_split
+
+    split = split_sentences and bool(sources)
+    if split:
+        sentences, separators = sentence_split.split_sentences(sources)
+        pieces = [t.decode("utf-8") for t in sentences.flat_values.numpy()]
+    else:
+        pieces = sources
+    masked, found = pieces, None
+    if spans is not None and pieces:
+        masked, found = spans.protect(pieces)
         masked = [m.decode("utf-8") for m in masked.numpy()]
 
     def unmask(texts):
-        if found is None:
-            return list(texts)
-        return [t.decode("utf-8") for t in spans.restore(list(texts), found).numpy()]
+        texts = list(texts)
+        if found is not None:
+            texts = [t.decode("utf-8") for t in spans.restore(texts, found).numpy()]
+        if not split:
+            return texts
+        joined = sentence_split.join_sentences(sentences.with_flat_values(texts), separators)
+        return [t.decode("utf-8") for t in joined.numpy()]
 
     results = {}
     serving = os.path.join(folder, "serving")
     start = time.perf_counter()
     export_saved_model(serving, model, LengthLimit(source_tokenizer, source_length),
-                       target_tokenizer, source_length, max_length, span_protector=spans)
+                       target_tokenizer, source_length, max_length, span_protector=spans,
+                       split_sentences=split_sentences)
     results["serving_export_seconds"] = time.perf_counter() - start
     translate = tf.saved_model.load(serving).signatures["serving_default"]
     # The SavedModel rejects inputs longer than its source length: it is
@@ -1210,6 +1266,9 @@ def export_all(model, source_tokenizer, target_tokenizer, test, source_length, m
     from keras_xformer.data import token_lengths
 
     fits = token_lengths(source_tokenizer, masked) < source_length
+    if split:  # a source fits when each of its sentences does
+        fits = np.asarray([bool(fits[start:end].all()) for start, end in
+                           zip(sentences.row_starts().numpy(), sentences.row_limits().numpy())])
     served = []
     kept = [s for s, f in zip(sources, fits) if f]
     for i in range(0, len(kept), 250):

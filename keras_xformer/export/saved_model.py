@@ -6,10 +6,12 @@ import tensorflow as tf
 from keras_xformer.data import encode_source
 from keras_xformer.decoding.search import greedy_search
 from keras_xformer.export._checks import check_export_args
+from keras_xformer.text import sentences as sentence_split
 
 
 def export_saved_model(path, model, source_tokenizer, target_tokenizer,
-                       max_source_length, max_target_length, span_protector=None):
+                       max_source_length, max_target_length, span_protector=None,
+                       split_sentences=False):
     """Writes a SavedModel whose `serving_default` signature translates text.
 
     Input `text` (`tf.string`, `[None]`) to output `translation`
@@ -32,6 +34,12 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
             tokenization) and unmasking (after detokenization) are
             TensorFlow ops inside the serving function, the same ops
             `xformer translate` runs in Python.
+        split_sentences: translate a text of several sentences sentence by
+            sentence and join the translations with the text's own white
+            space (`keras_xformer.text.sentences`, TensorFlow string ops in
+            the graph): for models trained on short sentences, as `xformer
+            train --data` exports them. `max_source_length` then limits
+            each sentence, not the whole text.
 
     Example:
 
@@ -48,6 +56,14 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
     )
 
     def serve(text):
+        if split_sentences:
+            sentences, separators = sentence_split.split_sentences(text)
+            translation = translate(sentences.flat_values)
+            return {"translation": sentence_split.join_sentences(
+                sentences.with_flat_values(translation), separators)}
+        return {"translation": translate(text)}
+
+    def translate(text):
         spans = None
         if span_protector is not None:
             text, spans = span_protector.protect(text)
@@ -55,7 +71,7 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
         translation = target_tokenizer.detokenize(decode(ids))
         if span_protector is not None:
             translation = span_protector.restore(translation, spans)
-        return {"translation": translation}
+        return translation
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -165,3 +165,41 @@ def test_spans_survive_through_a_model_that_emits_sentinels(trained, tmp_path):
         {"kind": "sentencepiece", "joint": True, "lower_case": False,
          "spans": protector.get_config()}))
     assert pipeline.load_span_protector(str(folder)).get_config() == protector.get_config()
+
+
+MULTI = [
+    "Copy two of %(item_3)s to {0}. Copy one of %(item_1)s to {0}!  Plain words only",
+    "Copy two of %(item_3)s to {0}",
+    "Dr. Copy one. (Two) three?\u00a0Nine",
+    "",
+]
+
+
+def test_sentence_by_sentence_in_python_and_in_the_saved_model(trained, tmp_path):
+    model, tokenizer, protector = trained
+    args = (SOURCE_LENGTH, TARGET_LENGTH)
+    whole = pipeline.translate_texts(model, tokenizer, tokenizer, MULTI, *args, beam=0,
+                                     spans=protector, split_sentences=False)
+    split = pipeline.translate_texts(model, tokenizer, tokenizer, MULTI, *args, beam=0,
+                                     spans=protector)
+    # Each sentence translated alone, joined with the text's own spaces.
+    from keras_xformer.text.sentences import split_sentences
+
+    sentences, separators = split_sentences(MULTI)
+    assert sentences.row_lengths().numpy().tolist() == [3, 1, 3, 1]
+    for text, row, gaps, got in zip(MULTI, sentences.to_list(), separators.to_list(), split):
+        alone = pipeline.translate_texts(model, tokenizer, tokenizer,
+                                         [s.decode() for s in row], *args, beam=0,
+                                         spans=protector, split_sentences=False)
+        expected = alone[0] + "".join(g.decode() + t for g, t in zip(gaps, alone[1:]))
+        assert got == expected, (text, got, expected)
+    assert split[1] == whole[1] and split[3] == whole[3]  # one-sentence texts: unchanged
+    assert "  " in split[0] and "\u00a0" in split[2]  # the texts' own white space
+    import tensorflow as tf
+
+    path = str(tmp_path / "serving_split")
+    export_saved_model(path, model, tokenizer, tokenizer, *args, span_protector=protector,
+                       split_sentences=True)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    served = [t.decode() for t in serve(text=tf.constant(MULTI))["translation"].numpy()]
+    assert served == split
