@@ -8,6 +8,7 @@
     python benchmarks/real_text.py levers [--lever-epochs 4] [NAME_PREFIX]  # one lever at a time
     python benchmarks/real_text.py table                       # RESULTS.md rows
     python benchmarks/real_text.py penalty NAME                # beam settings, on the run's own splits
+    python benchmarks/real_text.py sentences NAME              # whole texts vs sentence by sentence
 
 `run` trains with `xformer train --data CORPUS/train.tsv` plus the given
 flags (the defaults are the recipe; a flag turns one lever), then scores the
@@ -26,6 +27,11 @@ same held-out pairs with greedy decoding.
 train.tsv by `xformer train`; never `test.tsv`, so choosing a decoding
 setting by them leaves the held-out scores honest) with beam 4 at several
 length penalties and prints BLEU, chrF and the length ratio for each.
+
+`sentences` translates the run's own splits and the held-out `test.tsv`
+with beam 4, each text whole and sentence by sentence
+(`keras_xformer.text.sentences`), and prints BLEU and chrF for all pairs and
+for the texts of several sentences.
 
 `latency` measures the SavedModel's time per sentence for 6-word inputs
 when exported with the trained (percentile) lengths and with the corpus'
@@ -92,15 +98,20 @@ def score(name, flags=(), wall=None):
     alpha = (float(flags[flags.index("--length-penalty") + 1]) if "--length-penalty" in flags
              else metrics.get("length_penalty", 0.6))
     result["length_penalty"] = alpha
+    # Sentence by sentence (the default since session 12) unless the run
+    # was trained with --whole-texts or `score NAME --whole-texts`.
+    split = "--whole-texts" not in flags and metrics.get("split_sentences", True)
+    result["split_sentences"] = split
     for beam in (4, 0):
         scores, hypotheses = pipeline.evaluate(
             model, source, target, (sources, references), metrics["source_length"],
             metrics["target_length"], beam=beam, show=6 if beam else 0,
             label=f"held-out test.tsv ({name})", spans=pipeline.load_span_protector(out),
-            length_penalty=alpha)
+            length_penalty=alpha, split_sentences=split)
         result["beam4" if beam else "greedy"] = scores
         if beam:
             suffix = "" if alpha == metrics.get("length_penalty", 0.6) else f"_lp{alpha:g}"
+            suffix += "" if split else "_whole"
             with open(os.path.join(out, f"test_translations{suffix}.txt"), "w",
                       encoding="utf-8") as f:
                 f.write("\n".join(hypotheses) + "\n")
@@ -322,6 +333,55 @@ def penalty(name, penalties=(0.0, 0.6, 1.0, 1.4, 2.0), beams=(4,)):
     return 0
 
 
+def sentences(name):
+    """Whole texts against sentence by sentence (`translate_texts`'s
+    `split_sentences`), beam 4 at the folder's length penalty, on the run's
+    own validation and test splits (which chose it) and on the held-out
+    `test.tsv`; also on the texts of several sentences alone."""
+    import sacrebleu
+
+    from keras_xformer import pipeline
+    from keras_xformer.text.sentences import split_sentences
+
+    out = os.path.join(corpus_dir(), "runs", name)
+    model, source, target, metrics = pipeline.load_translator(out)
+    spans = pipeline.load_span_protector(out)
+    args = argparse.Namespace(data=os.path.join(corpus_dir(), "train.tsv"), seed=0,
+                              held_out_pairs=metrics.get("held_out_pairs", 500),
+                              train_size=None)
+    _, validation, test = pipeline.load_corpus(args)
+    result = {}
+    for split_name, (sources, references) in (
+            ("own", (validation[0] + test[0], validation[1] + test[1])),
+            ("held_out", held_out())):
+        several = [i for i, n in enumerate(split_sentences(sources)[0].row_lengths().numpy())
+                   if n > 1]
+        for split in (False, True):
+            start = time.perf_counter()
+            hypotheses = pipeline.translate_texts(
+                model, source, target, sources, metrics["source_length"],
+                metrics["target_length"], beam=4, spans=spans,
+                length_penalty=metrics.get("length_penalty", 0.6), split_sentences=split)
+            seconds = time.perf_counter() - start
+            bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+            chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+            subset = ([hypotheses[i] for i in several], [[references[i] for i in several]])
+            key = f"{split_name}_{'split' if split else 'whole'}"
+            result[key] = {
+                "bleu": bleu.score, "chrf": chrf, "length_ratio": bleu.sys_len / bleu.ref_len,
+                "pairs": len(references), "several_sentences": len(several),
+                "several_bleu": sacrebleu.corpus_bleu(*subset).score,
+                "several_chrf": sacrebleu.corpus_chrf(*subset).score, "seconds": seconds}
+            r = result[key]
+            print(f"{name} {split_name} ({len(references)} pairs, {len(several)} of several "
+                  f"sentences), {'sentence by sentence' if split else 'whole texts'}: BLEU "
+                  f"{r['bleu']:.2f}, chrF {r['chrf']:.2f}, length ratio {r['length_ratio']:.3f}; "
+                  f"several-sentence texts BLEU {r['several_bleu']:.2f}, chrF "
+                  f"{r['several_chrf']:.2f}; {seconds:.1f} s", flush=True)
+    record(f"sentences_{name}", result)
+    return 0
+
+
 def table():
     path = os.path.join(corpus_dir(), "runs", "results.json")
     results = json.load(open(path))
@@ -342,7 +402,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["run", "score", "keras_hub", "latency", "table",
-                                         "levers", "penalty"])
+                                         "levers", "penalty", "sentences"])
     parser.add_argument("name", nargs="?")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="tiny", help="keras_hub: our preset's size")
@@ -372,6 +432,8 @@ def main(argv=None):
         return latency(args.name)
     if args.mode == "penalty":
         return penalty(args.name, args.penalties, args.beams)
+    if args.mode == "sentences":
+        return sentences(args.name)
     return table()
 
 

@@ -1363,10 +1363,11 @@ class LengthLimit:
                 longest = tf.reduce_max(tf.concat([ragged.row_lengths(), [0]], 0))
                 check = tf.debugging.assert_less(
                     longest, tf.constant(source_length, longest.dtype),
-                    message=(f"An input is longer than the {source_length - 1} word pieces "
-                             "this SavedModel was exported for: split it into sentences, "
-                             "translate it with `xformer translate` (no length limit), or "
-                             "export with a longer source length."))
+                    message=(f"An input (a sentence, where the SavedModel splits texts "
+                             f"into sentences) is longer than the {source_length - 1} word "
+                             "pieces this SavedModel was exported for: shorten it, translate "
+                             "it with `xformer translate` (no length limit), or export with "
+                             "a longer source length."))
                 with tf.control_dependencies([check]):
                     return self.tokenizer.tokenize(strings, sequence_length, add_start_end)
 

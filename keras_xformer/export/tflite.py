@@ -47,6 +47,12 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     translations = restore(texts, spans)
     ```
 
+    `xformer translate` and the `--data` SavedModel also translate a text
+    of several sentences sentence by sentence; an app does the same around
+    the file with `keras_xformer.text.sentences`: `sentences, separators =
+    split_sentences(texts)`, translate `sentences.flat_values` as above, then
+    `join_sentences(sentences.with_flat_values(translations), separators)`.
+
     Args:
         path: the `.tflite` file to write.
         model: a `keras_xformer.models.Transformer`.
