@@ -301,10 +301,11 @@ def latency(folder, repeats=30):
     return 0
 
 
-def penalty(name, penalties=(0.0, 0.6, 1.0, 1.4, 2.0), beams=(4,)):
-    """Decoding settings on the run's own validation and test splits."""
-    import sacrebleu
-
+def _run_and_own_splits(name):
+    """A run's translator, its span protector, and its own validation and
+    test pairs together (cut from train.tsv by `xformer train`, never
+    `test.tsv`: choosing a decoding setting by them keeps held-out scores
+    honest)."""
     from keras_xformer import pipeline
 
     out = os.path.join(corpus_dir(), "runs", name)
@@ -314,7 +315,18 @@ def penalty(name, penalties=(0.0, 0.6, 1.0, 1.4, 2.0), beams=(4,)):
                               held_out_pairs=metrics.get("held_out_pairs", 500),
                               train_size=None)
     _, validation, test = pipeline.load_corpus(args)
-    sources, references = validation[0] + test[0], validation[1] + test[1]
+    own = (validation[0] + test[0], validation[1] + test[1])
+    return model, source, target, metrics, spans, own
+
+
+def penalty(name, penalties=(0.0, 0.6, 1.0, 1.4, 2.0), beams=(4,)):
+    """Decoding settings on the run's own validation and test splits."""
+    import sacrebleu
+
+    from keras_xformer import pipeline
+
+    model, source, target, metrics, spans, own = _run_and_own_splits(name)
+    sources, references = own
     result = {}
     for beam in beams:
         for alpha in penalties:
@@ -343,17 +355,9 @@ def sentences(name):
     from keras_xformer import pipeline
     from keras_xformer.text.sentences import split_sentences
 
-    out = os.path.join(corpus_dir(), "runs", name)
-    model, source, target, metrics = pipeline.load_translator(out)
-    spans = pipeline.load_span_protector(out)
-    args = argparse.Namespace(data=os.path.join(corpus_dir(), "train.tsv"), seed=0,
-                              held_out_pairs=metrics.get("held_out_pairs", 500),
-                              train_size=None)
-    _, validation, test = pipeline.load_corpus(args)
+    model, source, target, metrics, spans, own = _run_and_own_splits(name)
     result = {}
-    for split_name, (sources, references) in (
-            ("own", (validation[0] + test[0], validation[1] + test[1])),
-            ("held_out", held_out())):
+    for split_name, (sources, references) in (("own", own), ("held_out", held_out())):
         several = [i for i, n in enumerate(split_sentences(sources)[0].row_lengths().numpy())
                    if n > 1]
         for split in (False, True):
