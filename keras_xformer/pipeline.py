@@ -622,17 +622,17 @@ def translate_texts(model, source_tokenizer, target_tokenizer, texts, source_len
     if not texts:
         return []
     if split_sentences:
-        from keras_xformer.text import sentences as sentence_split
+        import tensorflow as tf
 
-        sentences, separators = sentence_split.split_sentences(texts)
-        if sentences.flat_values.shape[0] > len(texts):
-            flat = [t.decode("utf-8") for t in sentences.flat_values.numpy()]
-            outputs = translate_texts(model, source_tokenizer, target_tokenizer, flat,
-                                      source_length, target_length, beam, batch_size,
-                                      length_penalty, spans, split_sentences=False)
-            joined = sentence_split.join_sentences(
-                sentences.with_flat_values(outputs), separators).numpy()
-            return [t.decode("utf-8") for t in joined]
+        from keras_xformer.text.sentences import translate_by_sentence
+
+        def translate(flat):
+            return tf.constant(translate_texts(
+                model, source_tokenizer, target_tokenizer,
+                [t.decode("utf-8") for t in flat.numpy()], source_length, target_length,
+                beam, batch_size, length_penalty, spans, split_sentences=False), tf.string)
+
+        return [t.decode("utf-8") for t in translate_by_sentence(translate, texts).numpy()]
     if spans is not None:
         masked, found = spans.protect(texts)
         outputs = translate_texts(model, source_tokenizer, target_tokenizer,
@@ -1110,10 +1110,10 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         keras.config.set_dtype_policy("float32")
         model = dequantized_copy(model, dtype="float32")
 
+    split = split_setting(args)
     test_result, _ = evaluate(model, source_tokenizer, target_tokenizer, test,
                               source_length, target_length, beam=args.beam, spans=spans,
-                              length_penalty=args.length_penalty,
-                              split_sentences=split_setting(args))
+                              length_penalty=args.length_penalty, split_sentences=split)
 
     # Everything is written to a staging folder first, then moved over the
     # previous artefacts: a run that fails leaves them as they were.
@@ -1138,7 +1138,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
         "test_pairs": len(test[1]),
         "decoding": f"beam {args.beam}" if args.beam else "greedy",
         "length_penalty": args.length_penalty,
-        "split_sentences": split_setting(args),
+        "split_sentences": split,
         "precision": model.dtype_policy.name,
         "training_precision": args.training_precision,
         "replicas": strategy.num_replicas_in_sync,
@@ -1157,7 +1157,7 @@ def train_evaluate_export(args, strategy, chief, work, backup):
             metrics.update(export_all(model, source_tokenizer, target_tokenizer, test,
                                       source_length, target_length, staging,
                                       tflite=not args.no_tflite, spans=spans,
-                                      split_sentences=split_setting(args)))
+                                      split_sentences=split))
         except Exception as error:  # noqa: BLE001: reported below, with the way out
             # A failed export must not cost the training: the model, its
             # tokenizers and metrics still go to --out, and `xformer export`

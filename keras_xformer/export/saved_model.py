@@ -57,10 +57,7 @@ def export_saved_model(path, model, source_tokenizer, target_tokenizer,
 
     def serve(text):
         if split_sentences:
-            sentences, separators = sentence_split.split_sentences(text)
-            translation = translate(sentences.flat_values)
-            return {"translation": sentence_split.join_sentences(
-                sentences.with_flat_values(translation), separators)}
+            return {"translation": sentence_split.translate_by_sentence(translate, text)}
         return {"translation": translate(text)}
 
     def translate(text):

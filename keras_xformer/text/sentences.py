@@ -45,6 +45,8 @@ _ABBREVIATION = (rf"(?s)(?:.*[{_SPACE}])?[{_OPEN}]*(?i:{_ABBREVIATIONS}|\pL)"
 
 
 def _as_strings(texts):
+    # Not `spans._as_strings`: that one transcodes invalid UTF-8 to U+FFFD,
+    # and a split must give the texts back byte for byte.
     texts = tf.convert_to_tensor(texts)
     if texts.dtype != tf.string or texts.shape.rank != 1:
         raise ValueError(
@@ -89,24 +91,17 @@ def split_sentences(texts):
     part_sentence = tf.cumsum(tf.cast(keep, tf.int64), exclusive=True) + rows
     sentence_counts = tf.math.unsorted_segment_sum(
         tf.cast(keep, tf.int64), rows, parts.nrows()) + 1
-    # Interleave parts and spaces (part j, then the space after it) so that
-    # the segment join sees them in text order.
-    space_keep = tf.boolean_mask(keep, tf.logical_not(last))
-    space_sentence = tf.boolean_mask(part_sentence, tf.logical_not(last))
-    space_index = tf.boolean_mask(index, tf.logical_not(last))
-    order = tf.concat([2 * index, 2 * space_index + 1], 0)
-    data = tf.concat([parts.flat_values, spaces.flat_values], 0)
-    not_inside = tf.constant(-1, tf.int64)  # a cut: the space is a separator
-    segments = tf.concat([part_sentence, tf.where(space_keep, not_inside, space_sentence)], 0)
-    ranked = tf.argsort(order)
-    data, segments = tf.gather(data, ranked), tf.gather(segments, ranked)
-    inside = segments >= 0
-    total = tf.reduce_sum(sentence_counts)
+    # The white space after each part ("" after a row's last); where the cut
+    # is undone it stays glued to its part, and the parts of a sentence are
+    # joined in order.
+    space_after = tf.tensor_scatter_nd_update(
+        tf.fill(tf.shape(keep), ""), tf.where(tf.logical_not(last)), spaces.flat_values)
+    glued = tf.strings.join([parts.flat_values, tf.where(keep, "", space_after)])
     flat_sentences = tf.strings.unsorted_segment_join(
-        tf.boolean_mask(data, inside), tf.boolean_mask(segments, inside), total)
+        glued, part_sentence, tf.reduce_sum(sentence_counts))
     sentences = tf.RaggedTensor.from_row_lengths(flat_sentences, sentence_counts)
     separators = tf.RaggedTensor.from_row_lengths(
-        tf.boolean_mask(spaces.flat_values, space_keep), sentence_counts - 1)
+        tf.boolean_mask(space_after, keep), sentence_counts - 1)
     return sentences, separators
 
 
