@@ -109,6 +109,29 @@ def test_translate_evaluate_and_export(trained, capsys, tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "again" / "serving" / "saved_model.pb")
 
 
+def test_sentence_by_sentence_by_default_whole_texts_on_request(trained, capsys):
+    import argparse
+
+    corpus, out, _, _ = trained
+    assert json.load(open(os.path.join(out, "metrics.json")))["split_sentences"] is True
+    two = "Item 7 of %s.  Item 12 of %s"
+    assert cli.main(["translate", "--beam", "0", str(out), two, "Item 7 of %s.",
+                     "Item 12 of %s"]) == 0
+    split, first, second = capsys.readouterr().out.splitlines()
+    assert split == first + "  " + second  # each sentence alone, the text's own spaces
+    assert cli.main(["translate", "--whole-texts", "--beam", "0", str(out), two]) == 0
+    whole = capsys.readouterr().out.splitlines()
+    model, source, target, metrics = pipeline.load_translator(str(out))
+    assert whole == pipeline.translate_texts(
+        model, source, target, [two], metrics["source_length"], metrics["target_length"],
+        beam=0, spans=pipeline.load_span_protector(str(out)), split_sentences=False)
+    # The flag wins; otherwise the folder's setting; folders from before it: split.
+    assert pipeline.split_setting(argparse.Namespace(whole_texts=True), {}) is False
+    assert pipeline.split_setting(argparse.Namespace(whole_texts=False),
+                                  {"split_sentences": False}) is False
+    assert pipeline.split_setting(argparse.Namespace(whole_texts=False), {}) is True
+
+
 def test_clear_errors(tmp_path, capsys):
     assert cli.main(["translate", str(tmp_path), "hello"]) == 2
     assert "no trained model" in capsys.readouterr().err
