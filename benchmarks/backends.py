@@ -2,6 +2,8 @@
 
     python benchmarks/backends.py                 # about 12 minutes here
     python benchmarks/backends.py --steps 6 --rounds 2
+    # On a GPU machine without TensorFlow (Keras on JAX carried as wheels):
+    python benchmarks/backends.py --backends jax torch --precisions float32 mixed_bfloat16
 
 1. Training (the configuration of benchmarks/train.py: width 256, 8 heads,
    feed-forward 1024, 4+4 layers, vocabulary 8000, length 64, batch 64,
@@ -19,6 +21,11 @@
    `jax.jit`, PyTorch eager).
 3. Dropout of 1M elements under `jax.jit`: Keras' (`jax.random` threefry)
    against our hashed masks (keras_xformer/layers/_dropout.py).
+
+On a GPU, JAX and Keras' torch backend place everything on it, and the
+plain PyTorch model is moved there too; `--precisions mixed_bfloat16` adds
+training under that dtype policy (where `ops.dot_product_attention` can take
+cuDNN's flash kernel).
 
 Each backend runs in a child process (a process has one Keras backend);
 rounds alternate the children so that drift hits all alike. Compare the
@@ -51,13 +58,14 @@ def train_data(c, seed=0):
     return source, target[:, :-1], target[:, 1:]
 
 
-def keras_train_step(c, jit_compile):
+def keras_train_step(c, jit_compile, policy="float32"):
     import keras
 
     from keras_xformer.losses import MaskedSparseCategoricalCrossentropy
     from keras_xformer.models import Transformer
 
     keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(policy)
     model = Transformer(
         c["vocabulary_size"], c["vocabulary_size"], num_layers=c["num_layers"],
         hidden_dim=c["hidden_dim"], num_heads=c["num_heads"],
@@ -102,16 +110,17 @@ def torch_train_step(c):
             y = self.dropout(self.target_embedding(target) * d**0.5 + self.target_positions[:t])
             source_pad = source == 0
             memory = self.encoder(x, src_key_padding_mask=source_pad)
-            causal = nn.Transformer.generate_square_subsequent_mask(t)
+            causal = nn.Transformer.generate_square_subsequent_mask(t, device=target.device)
             y = self.decoder(y, memory, tgt_mask=causal, tgt_is_causal=True,
                              tgt_key_padding_mask=target == 0,
                              memory_key_padding_mask=source_pad)
             return self.output(y)
 
-    model = Seq2Seq()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Seq2Seq().to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
-    source, target_in, labels = (torch.from_numpy(a).long() for a in train_data(c))
+    source, target_in, labels = (torch.from_numpy(a).long().to(device) for a in train_data(c))
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -165,7 +174,7 @@ def child(args):
     if args.part == "train":
         if backend == "torch":
             # Ours on Keras' torch backend and plain PyTorch, step by step in turns.
-            ours, plain = keras_train_step(TRAIN, False), torch_train_step(TRAIN)
+            ours, plain = keras_train_step(TRAIN, False, args.policy), torch_train_step(TRAIN)
             for _ in range(args.warmup):
                 ours(), plain()
             times = {"keras_torch": [], "plain_torch": []}
@@ -177,8 +186,11 @@ def child(args):
             out = {k: tokens / statistics.median(v) for k, v in times.items()}
         else:
             jit = args.jit == "true"
-            seconds = median_seconds(keras_train_step(TRAIN, jit), args.warmup, args.steps)
+            seconds = median_seconds(keras_train_step(TRAIN, jit, args.policy),
+                                     args.warmup, args.steps)
             out = {f"{backend}_{'xla' if jit else 'kernels'}": tokens / seconds}
+        if args.policy != "float32":
+            out = {f"{k}_{args.policy}": v for k, v in out.items() if not k.startswith("plain")}
     elif args.part == "generate":
         model = generate_model(GENERATE)
         for batch in args.batches:
@@ -245,6 +257,11 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3, help="timed generate calls")
     parser.add_argument("--torch-generate-batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"],
+                        help="which backends to run (a GPU machine may have no TensorFlow)")
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        help="dtype policies to train under (e.g. float32 mixed_bfloat16)")
+    parser.add_argument("--policy", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -252,37 +269,49 @@ def main():
               "--repeats", str(args.repeats)]
     train, generate, dropout = {}, {}, {}
     for _ in range(args.rounds):
-        for backend, jit in (("tensorflow", "false"), ("tensorflow", "true"),
-                             ("jax", "true"), ("torch", "false")):
-            for k, v in run_child(backend, "--part", "train", "--jit", jit, *common).items():
-                train.setdefault(k, []).append(v)
+        for policy in args.precisions:
+            for backend, jit in (("tensorflow", "false"), ("tensorflow", "true"),
+                                 ("jax", "true"), ("torch", "false")):
+                if backend not in args.backends:
+                    continue
+                for k, v in run_child(backend, "--part", "train", "--jit", jit,
+                                      "--policy", policy, *common).items():
+                    train.setdefault(k, []).append(v)
         for backend, batches in (("tensorflow", args.batches), ("jax", args.batches),
                                  ("torch", args.torch_generate_batches)):
+            if backend not in args.backends:
+                continue
             result = run_child(backend, "--part", "generate", "--batches",
                                *map(str, batches), *common)
             for k, v in result.items():
                 generate.setdefault(backend, {}).setdefault(k, []).append(v["ms_per_token"])
-        for k, v in run_child("jax", "--part", "dropout").items():
-            dropout.setdefault(k, []).append(v)
+        if "jax" in args.backends:
+            for k, v in run_child("jax", "--part", "dropout").items():
+                dropout.setdefault(k, []).append(v)
     med = lambda values: statistics.median(values)  # noqa: E731
     train = {k: med(v) for k, v in train.items()}
     generate = {b: {k: med(v) for k, v in r.items()} for b, r in generate.items()}
     dropout = {k: med(v) for k, v in dropout.items()}
     print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
-    tf_best = max(train["tensorflow_kernels"], train["tensorflow_xla"])
-    rows = [[k, f"{v:,.0f}", f"{v / tf_best:.2f}x"] for k, v in train.items()]
-    rows.append(["plain PyTorch / Keras torch", "",
-                 f"{train['plain_torch'] / train['keras_torch']:.2f}x"])
+    anchor = [train[k] for k in ("tensorflow_kernels", "tensorflow_xla") if k in train]
+    # Without TensorFlow (a GPU machine), ratios are against JAX's float32 step.
+    anchor, anchor_name = ((max(anchor), "TF best") if anchor
+                           else (train.get("jax_xla", float("nan")), "JAX float32"))
+    rows = [[k, f"{v:,.0f}", f"{v / anchor:.2f}x"] for k, v in train.items()]
+    if "plain_torch" in train:
+        rows.append(["plain PyTorch / Keras torch", "",
+                     f"{train['plain_torch'] / train['keras_torch']:.2f}x"])
     print(f"\nTraining, target tokens/s (steps {args.steps}, rounds {args.rounds})")
-    for row in [["case", "tokens/s", "vs TF best"], *rows]:
+    for row in [["case", "tokens/s", f"vs {anchor_name}"], *rows]:
         print("  ".join(f"{x:<28}" for x in row))
     print("\nGreedy generate, ms/token (second and later calls, 64 new tokens)")
     for backend, r in generate.items():
         for k, v in r.items():
-            ratio = v / generate["tensorflow"][k] if k in generate["tensorflow"] else float("nan")
-            print(f"{backend:<12}{k:<10}{v:8.2f} ms/token  {ratio:.2f}x TensorFlow XLA's time")
-    print(f"\nDropout of 1M elements under jax.jit, ms: Keras (threefry) "
-          f"{dropout['keras_threefry']:.2f}, ours (hashed) {dropout['ours_hashed']:.2f}")
+            base = generate.get("tensorflow", {}).get(k, float("nan"))
+            print(f"{backend:<12}{k:<10}{v:8.2f} ms/token  {v / base:.2f}x TensorFlow XLA's time")
+    if dropout:
+        print(f"\nDropout of 1M elements under jax.jit, ms: Keras (threefry) "
+              f"{dropout['keras_threefry']:.2f}, ours (hashed) {dropout['ours_hashed']:.2f}")
     sys.path.insert(0, HERE)
     import _common
 
