@@ -775,6 +775,19 @@ class MultiHeadAttention(LoraMixin, keras.layers.MultiHeadAttention):
     def _use_fused_kernel(self, training, return_attention_scores):
         if return_attention_scores or (self._dropout > 0 and training):
             return False
+        if self._value_dim != self._key_dim:
+            # The fused kernels take one head size for queries, keys and
+            # values (`jax.nn.dot_product_attention` raises "value shape
+            # should be [B, S, K, H]", seen on an H200); our einsum path
+            # takes any `value_dim`.
+            if self._flash_attention:
+                raise ValueError(
+                    "`flash_attention=True` needs `value_dim` equal to "
+                    f"`key_dim`; received key_dim={self._key_dim}, "
+                    f"value_dim={self._value_dim}. Leave `flash_attention` "
+                    "at None (or False) to use the einsum path."
+                )
+            return False
         if self._flash_attention is not None:
             return bool(self._flash_attention)
         return _fused_kernel_by_default()

@@ -230,6 +230,27 @@ class FusedKernelTest(LayerTestCase):
                 atol=1e-4 if dtype == "float32" else 0.1 * np.abs(fused).max(),
             )
 
+    def test_value_dim_unlike_key_dim_takes_the_einsum_path(self):
+        # The fused kernels take one head size: on a GPU (an H200, JAX)
+        # value_dim 3 with key_dim 4 failed inside
+        # `jax.nn.dot_product_attention`. Such a layer runs our einsum path
+        # on every device; forcing flash on it is a clear error.
+        x, memory = random_inputs(B, T, D), random_inputs(B, 4, 12)
+        layer = MultiHeadAttention(2, 4, value_dim=3, output_shape=5)
+        calls = []
+        original = attention_module._fused_kernel_attention
+        attention_module._fused_kernel_attention = lambda *a: calls.append(a) or original(*a)
+        try:
+            outputs = to_numpy(layer(x, memory))
+        finally:
+            attention_module._fused_kernel_attention = original
+        self.assertEqual(calls, [])
+        self.assertEqual(outputs.shape, (B, T, 5))
+        attention_module._FUSED_BY_DEFAULT = False
+        np.testing.assert_allclose(outputs, to_numpy(layer(x, memory)), atol=1e-6)
+        with self.assertRaisesRegex(ValueError, "value_dim"):
+            MultiHeadAttention(2, 4, value_dim=3, flash_attention=True)(x, memory)
+
     def test_half_precision_agrees_with_float32(self):
         x = random_inputs(B, T, D)
         self.assert_half_precision_agrees(
