@@ -16,6 +16,9 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
+- before: our XLA search, Keras int8 and TFLite int8 as they were before
+  the self-attention caches grew in stages (one loop over caches of all 64
+  slots), to measure that change in the same run; not counted as "ours".
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -31,6 +34,7 @@ repeats), and ratios against CTranslate2 and keras-hub from the same run.
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -65,6 +69,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_xformer.decoding import search as search_module  # noqa: E402
 from keras_xformer.decoding.search import beam_search  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
@@ -111,6 +116,26 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
+@contextlib.contextmanager
+def one_full_length_cache():
+    """Traces the search as it was before the staged caches: one loop over
+    caches of all `max_length` slots."""
+    saved = search_module._FIRST_STAGE
+    search_module._FIRST_STAGE = 10**9
+    try:
+        yield
+    finally:
+        search_module._FIRST_STAGE = saved
+
+
+def before_candidate(model, method, source):
+    """Our compiled search with one full-length cache (traced now)."""
+    function = tf.function(search_fn(model, method), jit_compile=True)
+    with one_full_length_cache():
+        function(tf.constant(source))
+    return lambda s: function(tf.constant(s)).numpy()
+
+
 def saved_model_candidate(model, method, directory):
     """The compiled search behind a SavedModel signature, ids to ids."""
     archive = keras.export.ExportArchive()
@@ -126,15 +151,16 @@ def saved_model_candidate(model, method, directory):
     return lambda source: loaded.serving_default(tf.constant(source)).numpy()
 
 
-def tflite_candidate(model, quantization, method, batch, directory):
+def tflite_candidate(model, quantization, method, batch, directory, before=False):
     """One file per (batch, method): the file's signature fixes both."""
     from ai_edge_litert.interpreter import Interpreter
 
     from keras_xformer.export import export_tflite
 
-    path = os.path.join(directory, f"model_{quantization}_{method}_{batch}.tflite")
-    export_tflite(path, model, SOURCE, NEW, quantization=quantization,
-                  batch_size=batch, method=method, beam_size=BEAM, length_penalty=0.6)
+    path = os.path.join(directory, f"model_{quantization}_{method}_{batch}_{before}.tflite")
+    with one_full_length_cache() if before else contextlib.nullcontext():
+        export_tflite(path, model, SOURCE, NEW, quantization=quantization,
+                      batch_size=batch, method=method, beam_size=BEAM, length_penalty=0.6)
     interpreter = Interpreter(model_path=path, num_threads=THREADS)
     runner = interpreter.get_signature_runner()
     return lambda source: runner(source_ids=source)["target_ids"]
@@ -343,6 +369,13 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
+            if not (skip and "before".startswith(skip)):
+                candidates["before: generate XLA"] = before_candidate(ours, method, source)
+                if quantized is not None:
+                    candidates["before: Keras quantize(int8) XLA"] = before_candidate(
+                        quantized, method, source)
+                candidates["before: TFLite dynamic_int8"] = tflite_candidate(
+                    ours, "dynamic_int8", method, batch, directory, before=True)
             candidates.update(ctranslate2_candidates(ours, method, directory))
             for jit in (True, False):
                 candidates[f"keras-hub BART generate XLA={jit}"] = hub_bart_candidate(
@@ -354,6 +387,10 @@ def main():
                           if not (skip and k.startswith(skip))}
             check = ours.generate(source, max_length=NEW, method=method, beam_size=BEAM)
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
+            if "before: generate XLA" in candidates:
+                same = np.mean(candidates["before: generate XLA"](source) == check)
+                print(f"{method}, batch {batch}: staged caches' ids equal one full-length "
+                      f"cache's: {same:.2%}", flush=True)
             if "ours TFLite float32" in candidates:
                 same = np.mean(candidates["ours TFLite float32"](source) == check)
                 print(f"{method}, batch {batch}: TFLite float32 ids equal generate's: "

@@ -20,6 +20,35 @@ _NEG = -1e9
 _COMPILED = weakref.WeakKeyDictionary()
 
 
+# The self-attention caches grow in stages: the first loop decodes
+# positions [0, 32) with 32-slot caches, the next [32, 64) with 64, and so
+# on up to `max_length`. Every step reads its whole cache (static shapes
+# for XLA and TFLite), so a full-length cache made every step cost what the
+# last one does; a translation that ends early now never pays for the slots
+# it does not reach (benchmarks/RESULTS.md, "staged caches").
+_FIRST_STAGE = 32
+
+
+def _stages(max_length):
+    """The cache length of each decoding loop: 32, 64, 128, ... then
+    `max_length` (one loop when `max_length <= 32`)."""
+    stages, length = [], _FIRST_STAGE
+    while length < max_length:
+        stages.append(length)
+        length *= 2
+    return stages + [max_length]
+
+
+def _grow(tensors, length, axis):
+    """Zero-pads each tensor of a (nested) list along `axis` to `length`."""
+    def pad(t):
+        widths = [(0, 0)] * len(t.shape)
+        widths[axis] = (0, length - t.shape[axis])
+        return ops.pad(t, widths)
+
+    return [tuple(pad(t) for t in c) if isinstance(c, tuple) else pad(c) for c in tensors]
+
+
 def _empty_self_attention_caches(model, batch, max_length):
     """Split (keys, values) caches, heads first: a one-token step then reads
     them with batched matmuls in place (see `MultiHeadAttention`'s
@@ -52,9 +81,6 @@ def greedy_search(model, source_ids, max_length):
     )
     batch = ops.shape(source_ids)[0]
 
-    def cond(i, tokens, outputs, done, caches):
-        return ops.logical_and(i < max_length, ops.logical_not(ops.all(done)))
-
     def body(i, tokens, outputs, done, caches):
         logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
         next_ids = ops.where(done, 0, _argmax(logits))
@@ -64,14 +90,21 @@ def greedy_search(model, source_ids, max_length):
         done = done | (next_ids == model.end_token_id) | (next_ids == 0)
         return i + 1, ops.expand_dims(next_ids, 1), outputs, done, caches
 
-    loop_vars = (
+    stages = _stages(max_length)
+    state = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch, 1), model.start_token_id, "int32"),
         ops.zeros((batch, max_length), "int32"),
         ops.zeros((batch,), "bool"),
-        _empty_self_attention_caches(model, batch, max_length),
+        _empty_self_attention_caches(model, batch, stages[0]),
     )
-    return ops.while_loop(cond, body, loop_vars)[2]
+    for end in stages:
+        def cond(i, tokens, outputs, done, caches, end=end):
+            return ops.logical_and(i < end, ops.logical_not(ops.all(done)))
+
+        *rest, caches = state
+        state = ops.while_loop(cond, body, (*rest, _grow(caches, end, axis=2)))
+    return state[2]
 
 
 def beam_search(model, source_ids, max_length, beam_size, length_penalty):
@@ -102,9 +135,6 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     batch_offsets = ops.expand_dims(ops.arange(batch) * k, 1)
 
     own_rows = ops.expand_dims(ops.arange(batch * k, dtype="int32"), 1)
-
-    def cond(i, tokens, sequences, scores, lengths, done, cache_rows, caches):
-        return ops.logical_and(i < max_length, ops.logical_not(ops.all(done)))
 
     def body(i, tokens, sequences, scores, lengths, done, cache_rows, caches):
         # The caches stay in place: each row writes position i into its own
@@ -140,17 +170,26 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
                 cache_rows, caches)
 
     first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
-    loop_vars = (
+    stages = _stages(max_length)
+    state = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch * k, 1), model.start_token_id, "int32"),
         ops.zeros((batch, k, max_length), "int32"),
         ops.tile(ops.expand_dims(first_beam_only, 0), (batch, 1)),
         ops.zeros((batch, k), "int32"),
         ops.zeros((batch, k), "bool"),
-        ops.zeros((batch * k, max_length), "int32"),
-        _empty_self_attention_caches(model, batch * k, max_length),
+        ops.zeros((batch * k, stages[0]), "int32"),
+        _empty_self_attention_caches(model, batch * k, stages[0]),
     )
-    _, _, sequences, scores, lengths, _, _, _ = ops.while_loop(cond, body, loop_vars)
+    for end in stages:
+        def cond(i, tokens, sequences, scores, lengths, done, cache_rows, caches, end=end):
+            return ops.logical_and(i < end, ops.logical_not(ops.all(done)))
+
+        *rest, cache_rows, caches = state
+        state = ops.while_loop(
+            cond, body, (*rest, _grow([cache_rows], end, axis=1)[0], _grow(caches, end, axis=2))
+        )
+    _, _, sequences, scores, lengths, _, _, _ = state
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     # `_argmax`, not `ops.argmax`: the latter's negative-zero fix-up is a
     # BitwiseAnd on TensorFlow, which has no TFLite builtin, and stops

@@ -154,3 +154,70 @@ def test_decode_step_with_cache_rows_equals_reordered_caches(layout):
         moved = [keras.tree.map_structure(
             lambda t: ops.take(t, ops.convert_to_tensor(parents), axis=0), c) for c in moved]
         cache_rows = cache_rows[parents]
+
+
+def test_cache_stages():
+    from keras_xformer.decoding.search import _stages
+
+    assert _stages(1) == [1]
+    assert _stages(32) == [32]
+    assert _stages(33) == [32, 33]
+    assert _stages(64) == [32, 64]
+    assert _stages(100) == [32, 64, 100]
+
+
+def _random_model(seed):
+    from keras_xformer.models import Transformer
+
+    keras.utils.set_random_seed(seed)
+    model = Transformer(30, 30, num_layers=2, hidden_dim=16, num_heads=2,
+                        intermediate_dim=32, dropout=0.0, tie_output_embeddings=False)
+    model.build()
+    rng = np.random.default_rng(seed)
+    for variable in model.trainable_variables:
+        if len(variable.shape) >= 2:
+            variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
+    bias = np.zeros(30, "float32")
+    bias[0], bias[3] = -1e4, -2.0  # rows end at different steps, some not at all
+    model.output_projection.bias.assign(bias)
+    source = rng.integers(4, 30, (4, 7)).astype("int32")
+    source[1, 5:] = 0
+    return model, source
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_staged_caches_decode_as_one_full_length_cache(method, monkeypatch):
+    # First stage 4: the search runs loops with 4-, 8- and 11-slot caches,
+    # carrying the caches (and beam search's cache rows) from one to the
+    # next; the ids equal one loop over 11-slot caches, with and without
+    # XLA.
+    from keras_xformer.decoding import search
+
+    model, source = _random_model(2)
+    expected = {}
+    for first, jit in ((1000, True), (4, True), (4, False)):
+        monkeypatch.setattr(search, "_FIRST_STAGE", first)
+        search._COMPILED.pop(model, None)
+        expected.setdefault(first, model.generate(source, max_length=11, method=method,
+                                                  beam_size=3, jit_compile=jit))
+        np.testing.assert_array_equal(expected[first], expected[1000])
+    # Not all rows ended in the first stage.
+    assert (expected[1000][:, 4:] != 0).any()
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_xformer.decoding import search
+    from keras_xformer.export import export_tflite
+
+    model, source = _random_model(4)
+    monkeypatch.setattr(search, "_FIRST_STAGE", 4)
+    search._COMPILED.pop(model, None)
+    expected = model.generate(source, max_length=11, method=method, beam_size=3)
+    path = str(tmp_path / "staged.tflite")
+    export_tflite(path, model, 7, 11, batch_size=4, method=method, beam_size=3)
+    runner = Interpreter(model_path=path).get_signature_runner()
+    np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
