@@ -26,7 +26,7 @@ fi
 if [ "$what" != bench ]; then
   # The portable suite (what CI runs on JAX), less the modules that import
   # TensorFlow at the top (they are TensorFlow-only and CI runs them there).
-  timeout ${TESTS_TIMEOUT:-280} python3 -m pytest -q -p no:cacheprovider -n 4 \
+  timeout ${TESTS_TIMEOUT:-280} python3 -m pytest -q -p no:cacheprovider -n 8 -rfE \
       -m "not tensorflow_only" \
       --ignore=tests/distribute/test_strategy.py --ignore=tests/export/test_ctranslate2.py \
       --ignore=tests/export/test_export.py --ignore=tests/export/test_spans_export.py \
