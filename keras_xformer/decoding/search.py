@@ -31,9 +31,11 @@ _FIRST_STAGE = 32
 
 def _stages(max_length):
     """The cache length of each decoding loop: 32, 64, 128, ... then
-    `max_length` (one loop when `max_length <= 32`)."""
+    `max_length`, the last stage at least half again as long as the one
+    before it (67 gives 32 and 67, not 32, 64 and 67: a loop for three
+    positions would cost a compilation and save nothing)."""
     stages, length = [], _FIRST_STAGE
-    while length < max_length:
+    while length * 3 < max_length * 2:
         stages.append(length)
         length *= 2
     return stages + [max_length]

@@ -161,8 +161,10 @@ def test_cache_stages():
 
     assert _stages(1) == [1]
     assert _stages(32) == [32]
-    assert _stages(33) == [32, 33]
+    assert _stages(48) == [48]
+    assert _stages(49) == [32, 49]
     assert _stages(64) == [32, 64]
+    assert _stages(67) == [32, 67]
     assert _stages(100) == [32, 64, 100]
 
 
@@ -187,9 +189,9 @@ def _random_model(seed):
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_staged_caches_decode_as_one_full_length_cache(method, monkeypatch):
-    # First stage 4: the search runs loops with 4-, 8- and 11-slot caches,
+    # First stage 4: the search runs loops with 4-, 8- and 13-slot caches,
     # carrying the caches (and beam search's cache rows) from one to the
-    # next; the ids equal one loop over 11-slot caches, with and without
+    # next; the ids equal one loop over 13-slot caches, with and without
     # XLA.
     from keras_xformer.decoding import search
 
@@ -198,11 +200,11 @@ def test_staged_caches_decode_as_one_full_length_cache(method, monkeypatch):
     for first, jit in ((1000, True), (4, True), (4, False)):
         monkeypatch.setattr(search, "_FIRST_STAGE", first)
         search._COMPILED.pop(model, None)
-        expected.setdefault(first, model.generate(source, max_length=11, method=method,
+        expected.setdefault(first, model.generate(source, max_length=13, method=method,
                                                   beam_size=3, jit_compile=jit))
         np.testing.assert_array_equal(expected[first], expected[1000])
-    # Not all rows ended in the first stage.
-    assert (expected[1000][:, 4:] != 0).any()
+    # Not all rows ended in the first stage, nor in the second.
+    assert (expected[1000][:, 8:] != 0).any()
 
 
 @pytest.mark.tensorflow_only
@@ -216,8 +218,8 @@ def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
     model, source = _random_model(4)
     monkeypatch.setattr(search, "_FIRST_STAGE", 4)
     search._COMPILED.pop(model, None)
-    expected = model.generate(source, max_length=11, method=method, beam_size=3)
+    expected = model.generate(source, max_length=13, method=method, beam_size=3)
     path = str(tmp_path / "staged.tflite")
-    export_tflite(path, model, 7, 11, batch_size=4, method=method, beam_size=3)
+    export_tflite(path, model, 7, 13, batch_size=4, method=method, beam_size=3)
     runner = Interpreter(model_path=path).get_signature_runner()
     np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
