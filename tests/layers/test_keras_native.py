@@ -207,6 +207,10 @@ class FusedKernelTest(LayerTestCase):
 
     def setUp(self):
         super().setUp()
+        # Fixed weights: with inputs scaled by 30 the softmaxes are nearly
+        # one-hot, and unseeded weights made a near-tie flip in float16 now
+        # and then (about one run in eight on PyTorch).
+        keras.utils.set_random_seed(0)
         self._saved = attention_module._FUSED_BY_DEFAULT
         attention_module._FUSED_BY_DEFAULT = True
 
@@ -227,7 +231,8 @@ class FusedKernelTest(LayerTestCase):
             self.assertTrue(np.all(np.isfinite(fused)), dtype)
             np.testing.assert_allclose(
                 fused, to_numpy(ops.cast(einsum, "float32")),
-                atol=1e-4 if dtype == "float32" else 0.1 * np.abs(fused).max(),
+                # float32: 1e-5 of the outputs' scale (they reach about 50).
+                atol=(1e-5 if dtype == "float32" else 0.1) * np.abs(fused).max(),
             )
 
     def test_value_dim_unlike_key_dim_takes_the_einsum_path(self):
