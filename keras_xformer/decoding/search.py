@@ -42,13 +42,29 @@ def _stages(max_length):
 
 
 def _grow(tensors, length, axis):
-    """Zero-pads each tensor of a (nested) list along `axis` to `length`."""
+    """Zero-pads every tensor of a nested structure along `axis` to `length`."""
     def pad(t):
         widths = [(0, 0)] * len(t.shape)
         widths[axis] = (0, length - t.shape[axis])
         return ops.pad(t, widths)
 
-    return [tuple(pad(t) for t in c) if isinstance(c, tuple) else pad(c) for c in tensors]
+    return keras.tree.map_structure(pad, tensors)
+
+
+def _staged_while_loop(body, state, max_length, done_index, grown_axes):
+    """`ops.while_loop(body, state)` from step `state[0]` until
+    `max_length` or until every row is done (`state[done_index]`), one loop
+    per stage of `_stages(max_length)`: before each, the loop variables at
+    the indices of `grown_axes` (the caches, made at the first stage's
+    length) are zero-padded along their axis to the stage's length."""
+    for end in _stages(max_length):
+        def cond(*values, end=end):
+            return ops.logical_and(values[0] < end, ops.logical_not(ops.all(values[done_index])))
+
+        state = tuple(_grow(value, end, grown_axes[index]) if index in grown_axes else value
+                      for index, value in enumerate(state))
+        state = ops.while_loop(cond, body, state)
+    return state
 
 
 def _empty_self_attention_caches(model, batch, max_length):
@@ -92,21 +108,14 @@ def greedy_search(model, source_ids, max_length):
         done = done | (next_ids == model.end_token_id) | (next_ids == 0)
         return i + 1, ops.expand_dims(next_ids, 1), outputs, done, caches
 
-    stages = _stages(max_length)
     state = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch, 1), model.start_token_id, "int32"),
         ops.zeros((batch, max_length), "int32"),
         ops.zeros((batch,), "bool"),
-        _empty_self_attention_caches(model, batch, stages[0]),
+        _empty_self_attention_caches(model, batch, _stages(max_length)[0]),
     )
-    for end in stages:
-        def cond(i, tokens, outputs, done, caches, end=end):
-            return ops.logical_and(i < end, ops.logical_not(ops.all(done)))
-
-        *rest, caches = state
-        state = ops.while_loop(cond, body, (*rest, _grow(caches, end, axis=2)))
-    return state[2]
+    return _staged_while_loop(body, state, max_length, done_index=3, grown_axes={4: 2})[2]
 
 
 def beam_search(model, source_ids, max_length, beam_size, length_penalty):
@@ -172,7 +181,7 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
                 cache_rows, caches)
 
     first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
-    stages = _stages(max_length)
+    first_stage = _stages(max_length)[0]
     state = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch * k, 1), model.start_token_id, "int32"),
@@ -180,18 +189,11 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         ops.tile(ops.expand_dims(first_beam_only, 0), (batch, 1)),
         ops.zeros((batch, k), "int32"),
         ops.zeros((batch, k), "bool"),
-        ops.zeros((batch * k, stages[0]), "int32"),
-        _empty_self_attention_caches(model, batch * k, stages[0]),
+        ops.zeros((batch * k, first_stage), "int32"),
+        _empty_self_attention_caches(model, batch * k, first_stage),
     )
-    for end in stages:
-        def cond(i, tokens, sequences, scores, lengths, done, cache_rows, caches, end=end):
-            return ops.logical_and(i < end, ops.logical_not(ops.all(done)))
-
-        *rest, cache_rows, caches = state
-        state = ops.while_loop(
-            cond, body, (*rest, _grow([cache_rows], end, axis=1)[0], _grow(caches, end, axis=2))
-        )
-    _, _, sequences, scores, lengths, _, _, _ = state
+    _, _, sequences, scores, lengths, _, _, _ = _staged_while_loop(
+        body, state, max_length, done_index=5, grown_axes={6: 1, 7: 2})
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     # `_argmax`, not `ops.argmax`: the latter's negative-zero fix-up is a
     # BitwiseAnd on TensorFlow, which has no TFLite builtin, and stops
