@@ -16,9 +16,11 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before: our XLA search, Keras int8 and TFLite int8 as they were before
-  the self-attention caches grew in stages (one loop over caches of all 64
-  slots), to measure that change in the same run; not counted as "ours".
+- before (beam only): our XLA search, Keras int8 and TFLite int8 choosing
+  each step's beams as they did before session 14 (one log_softmax and one
+  top_k over all k x vocabulary candidates, where they now take a top_k per
+  beam and one over the k x k survivors), to measure that change in the same
+  run; not counted as "ours".
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -117,21 +119,21 @@ def search_fn(model, method):
 
 
 @contextlib.contextmanager
-def one_full_length_cache():
-    """Traces the search as it was before the staged caches: one loop over
-    caches of all `max_length` slots."""
-    saved = search_module._FIRST_STAGE
-    search_module._FIRST_STAGE = 10**9
+def as_before():
+    """Traces beam search as it was before the two-stage selection: one
+    log_softmax and one top_k over all k * vocabulary candidates."""
+    saved = search_module._TWO_STAGE
+    search_module._TWO_STAGE = False
     try:
         yield
     finally:
-        search_module._FIRST_STAGE = saved
+        search_module._TWO_STAGE = saved
 
 
 def before_candidate(model, method, source):
-    """Our compiled search with one full-length cache (traced now)."""
+    """Our compiled search as before (traced now)."""
     function = tf.function(search_fn(model, method), jit_compile=True)
-    with one_full_length_cache():
+    with as_before():
         function(tf.constant(source))
     return lambda s: function(tf.constant(s)).numpy()
 
@@ -158,7 +160,7 @@ def tflite_candidate(model, quantization, method, batch, directory, before=False
     from keras_xformer.export import export_tflite
 
     path = os.path.join(directory, f"model_{quantization}_{method}_{batch}_{before}.tflite")
-    with one_full_length_cache() if before else contextlib.nullcontext():
+    with as_before() if before else contextlib.nullcontext():
         export_tflite(path, model, SOURCE, NEW, quantization=quantization,
                       batch_size=batch, method=method, beam_size=BEAM, length_penalty=0.6)
     interpreter = Interpreter(model_path=path, num_threads=THREADS)
@@ -369,7 +371,7 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
-            if not (skip and "before".startswith(skip)):
+            if method == "beam" and not (skip and "before".startswith(skip)):
                 candidates["before: generate XLA"] = before_candidate(ours, method, source)
                 if quantized is not None:
                     candidates["before: Keras quantize(int8) XLA"] = before_candidate(
@@ -389,8 +391,8 @@ def main():
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
             if "before: generate XLA" in candidates:
                 same = np.mean(candidates["before: generate XLA"](source) == check)
-                print(f"{method}, batch {batch}: staged caches' ids equal one full-length "
-                      f"cache's: {same:.2%}", flush=True)
+                print(f"{method}, batch {batch}: ids equal those of the one-top_k "
+                      f"selection: {same:.2%}", flush=True)
             if "ours TFLite float32" in candidates:
                 same = np.mean(candidates["ours TFLite float32"](source) == check)
                 print(f"{method}, batch {batch}: TFLite float32 ids equal generate's: "

@@ -118,6 +118,45 @@ def greedy_search(model, source_ids, max_length):
     return _staged_while_loop(body, state, max_length, done_index=3, grown_axes={4: 2})[2]
 
 
+# Beam search picks each step's k best continuations in two stages (see
+# `_select_two_stage`); False restores one top_k over all k * vocabulary
+# log-probabilities (kept for benchmarks/generate.py's "before" rows).
+_TWO_STAGE = True
+
+
+def _log_sum_exp(x):
+    """`log(sum(exp(x)))` over the last axis: max, exp, sum, log (plain ops
+    that every runtime has; `ops.logsumexp` adds finiteness checks)."""
+    peak = ops.max(x, axis=-1, keepdims=True)
+    return peak + ops.log(ops.sum(ops.exp(x - peak), axis=-1, keepdims=True))
+
+
+def _select_two_stage(logits, scores, done, batch, k):
+    """The k best (beam, token) continuations of each source, from
+    `(batch * k, vocabulary)` logits, `(batch, k)` beam scores and done
+    flags: `(scores, beam, token ids)`, each `(batch, k)`.
+
+    A beam's log-probabilities are its logits less one log-sum-exp, the
+    same order, so its k best tokens are the k largest logits: a top_k per
+    beam, then one over the k * k survivors plus their beams' scores. The
+    full log_softmax, the done mask and the score sum over all k *
+    vocabulary candidates are gone (TFLite beam b1 0.94 -> 0.82 ms a step,
+    XLA unchanged: benchmarks/RESULTS.md, session 14). Ties break as one
+    top_k over all candidates would (where top_k keeps the order of equal
+    values, as on TensorFlow and JAX): lower beam, then lower id. A finished
+    beam offers [PAD] alone, at no cost, as before."""
+    top_logits, top_ids = ops.top_k(logits, k)
+    log_probs = ops.reshape(top_logits - _log_sum_exp(logits), (batch, k, k))
+    top_ids = ops.reshape(ops.cast(top_ids, "int32"), (batch, k, k))
+    finished = ops.expand_dims(done, -1)
+    log_probs = ops.where(finished, ops.where(ops.arange(k) == 0, 0.0, _NEG), log_probs)
+    top_ids = ops.where(finished, 0, top_ids)  # its only live candidate: [PAD]
+    candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * k))
+    scores, flat_index = ops.top_k(candidates, k)
+    next_ids = ops.take_along_axis(ops.reshape(top_ids, (batch, k * k)), flat_index, axis=1)
+    return scores, flat_index // k, next_ids
+
+
 def beam_search(model, source_ids, max_length, beam_size, length_penalty):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
@@ -156,16 +195,15 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         logits, caches = model.decode_step(
             tokens, i, caches, cross_caches, source_mask, cache_rows=cache_rows
         )
-        log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
-        log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
-        candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
-        # One top_k over all k * vocabulary candidates: XLA:CPU runs it as
-        # its TopK kernel, not a sort, and a two-stage top_k (per beam,
-        # then over the k * k survivors) measured no faster
-        # (benchmarks/beam_profile.py).
-        scores, flat_index = ops.top_k(candidates, k)
-        beam = flat_index // vocabulary
-        next_ids = ops.cast(flat_index % vocabulary, "int32")
+        if _TWO_STAGE:
+            scores, beam, next_ids = _select_two_stage(logits, scores, done, batch, k)
+        else:
+            log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
+            log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
+            candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
+            scores, flat_index = ops.top_k(candidates, k)
+            beam = flat_index // vocabulary
+            next_ids = ops.cast(flat_index % vocabulary, "int32")
         sequences = ops.take_along_axis(sequences, ops.expand_dims(beam, -1), axis=1)
         sequences = ops.slice_update(
             sequences, (0, 0, i), ops.expand_dims(next_ids, -1)

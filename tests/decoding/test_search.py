@@ -223,3 +223,51 @@ def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
     export_tflite(path, model, 7, 13, batch_size=4, method=method, beam_size=3)
     runner = Interpreter(model_path=path).get_signature_runner()
     np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_stage_selection_equals_one_top_k_over_every_candidate(seed):
+    """`_select_two_stage` (a top_k per beam, then over the k * k survivors)
+    picks what one top_k over all k * vocabulary log-probabilities picks:
+    the same scores, beams and ids, finished beams offering [PAD] alone,
+    ties broken by lower beam then lower id."""
+    from keras_xformer.decoding.search import _select_two_stage
+
+    rng = np.random.default_rng(seed)
+    batch, k, vocabulary = 3, 4, 50
+    # Rounded logits: many exact ties, within and across beams.
+    logits = np.round(rng.normal(0, 2, (batch * k, vocabulary)), 1).astype("float32")
+    logits[1] = logits[0]  # two beams with the same logits
+    scores = np.round(rng.normal(-3, 1, (batch, k)), 1).astype("float32")
+    scores[1, 1] = scores[1, 0]
+    scores[0, 1:] = _NEG  # the first step: only beam 0 is live
+    done = rng.random((batch, k)) < 0.4
+    done[0] = False
+    log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
+    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)
+    log_probs = ops.where(ops.convert_to_tensor(done[..., None]), pad_only, log_probs)
+    expected = flat_select(ops.convert_to_tensor(scores[..., None]) + log_probs, k)
+    got = _select_two_stage(ops.convert_to_tensor(logits), ops.convert_to_tensor(scores),
+                            ops.convert_to_tensor(done), batch, k)
+    np.testing.assert_allclose(ops.convert_to_numpy(got[0]), ops.convert_to_numpy(expected[0]),
+                               rtol=1e-6, atol=1e-5)
+    got_picks, expected_picks = (
+        np.stack([ops.convert_to_numpy(t) for t in picks[1:]], -1) for picks in (got, expected)
+    )
+    if keras.backend.backend() == "torch":
+        # torch.topk leaves the order of equal values unspecified (for one
+        # top_k as for two): the same picks, in some order among ties.
+        got_picks, expected_picks = (np.sort(p[..., 0] * vocabulary + p[..., 1], axis=-1)
+                                     for p in (got_picks, expected_picks))
+    np.testing.assert_array_equal(got_picks, expected_picks)
+    # Every beam of source 2 finished: its k best are its beams' own [PAD]s.
+    done[2] = True
+    got = _select_two_stage(ops.convert_to_tensor(logits), ops.convert_to_tensor(scores),
+                            ops.convert_to_tensor(done), batch, k)
+    np.testing.assert_allclose(ops.convert_to_numpy(got[0])[2], np.sort(scores[2])[::-1])
+    beams = ops.convert_to_numpy(got[1])[2]
+    if keras.backend.backend() == "torch":
+        beams = np.sort(beams)  # ties in any order, as above
+    np.testing.assert_array_equal(beams, np.argsort(-scores[2], kind="stable")
+                                  if keras.backend.backend() != "torch" else np.arange(k))
+    np.testing.assert_array_equal(ops.convert_to_numpy(got[2])[2], 0)
