@@ -16,11 +16,12 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before (beam only): our XLA search, Keras int8 and TFLite int8 choosing
-  each step's beams as they did before session 14 (one log_softmax and one
-  top_k over all k x vocabulary candidates, where they now take a top_k per
-  beam and one over the k x k survivors), to measure that change in the same
-  run; not counted as "ours".
+- before (beam only): our XLA search, Keras int8 and TFLite int8 as they
+  were before session 14: each step's beams chosen by one log_softmax and
+  one top_k over all k x vocabulary candidates (now a top_k per beam and
+  one over the k x k survivors), and TFLite files reading each beam's
+  history through `cache_rows` (now they copy the caches from the parents'
+  rows); to measure those changes in the same run; not counted as "ours".
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -74,6 +75,7 @@ import numpy as np  # noqa: E402
 from keras_xformer.decoding import search as search_module  # noqa: E402
 from keras_xformer.decoding.search import beam_search  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
+from keras_xformer.export import tflite as tflite_module  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW, BEAM = 8000, 256, 8, 1024, 4, 64, 64, 4
@@ -120,14 +122,16 @@ def search_fn(model, method):
 
 @contextlib.contextmanager
 def as_before():
-    """Traces beam search as it was before the two-stage selection: one
-    log_softmax and one top_k over all k * vocabulary candidates."""
-    saved = search_module._TWO_STAGE
-    search_module._TWO_STAGE = False
+    """Traces beam search as it was before session 14: one log_softmax and
+    one top_k over all k * vocabulary candidates, and TFLite files reading
+    their caches through `cache_rows` (now they copy each beam's caches
+    from its parent's row)."""
+    saved = search_module._TWO_STAGE, tflite_module._REORDER_CACHES
+    search_module._TWO_STAGE, tflite_module._REORDER_CACHES = False, False
     try:
         yield
     finally:
-        search_module._TWO_STAGE = saved
+        search_module._TWO_STAGE, tflite_module._REORDER_CACHES = saved
 
 
 def before_candidate(model, method, source):

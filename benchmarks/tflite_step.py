@@ -4,9 +4,12 @@ with TFLite's default delegate (XNNPACK), whole and with parts taken out.
 
     python benchmarks/tflite_step.py [--batch 8] [--cache 64] [--float]
 
-Parts (`--without`): `update` (the caches are not written: no
+Parts taken out: `update` (the caches are not written: no
 DYNAMIC_UPDATE_SLICE), `attention` (the two batched matmuls, the mask and
-the softmax of every attention replaced by its query). Same sizes as
+the softmax of every attention replaced by its query), `mask` (no attention
+mask: the softmax over every key), `softmax` (no mask and no softmax: the
+logits weigh the values directly), so "without softmax" against "without
+attention" is the cost of the two batched matmuls alone. Same sizes as
 benchmarks/generate.py (width 256, 8 heads, 4 decoder layers, vocabulary
 8000, source 64); random weights; median of 100 invocations.
 """
@@ -62,7 +65,16 @@ def step_file(model, without):
     specs = [tf.TensorSpec([batch, 1], tf.int32), tf.TensorSpec([], tf.int32),
              tf.TensorSpec(source_mask.shape, source_mask.dtype)]
     specs += [tf.TensorSpec(t.shape, t.dtype) for t in flat]
-    saved = attention_module.ops, attention_module._heads_first_attention
+    saved = (attention_module.ops, attention_module._heads_first_attention,
+             attention_module._attention_weights)
+    weigh = attention_module._attention_weights
+    if "mask" in without:
+        attention_module._attention_weights = (
+            lambda logits, mask, dtype, dropout, training: weigh(logits, None, dtype, dropout,
+                                                                 training))
+    if "softmax" in without:
+        attention_module._attention_weights = (
+            lambda logits, mask, dtype, dropout, training: (logits, logits))
     if "update" in without:
         attention_module.ops = _NoUpdate()
     if "attention" in without:
@@ -84,7 +96,8 @@ def step_file(model, without):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         return converter.convert()
     finally:
-        attention_module.ops, attention_module._heads_first_attention = saved
+        (attention_module.ops, attention_module._heads_first_attention,
+         attention_module._attention_weights) = saved
 
 
 def main():
@@ -95,7 +108,8 @@ def main():
     print(f"batch {ARGS.batch}, cache {ARGS.cache} slots, "
           f"{'float32' if ARGS.float else 'dynamic int8'}, threads {ARGS.threads}")
     interpreters = {}
-    for without in ((), ("update",), ("attention",), ("update", "attention")):
+    for without in ((), ("update",), ("mask",), ("softmax",), ("attention",),
+                    ("update", "attention")):
         interpreter = Interpreter(model_content=step_file(model, without),
                                   num_threads=ARGS.threads)
         interpreter.allocate_tensors()

@@ -157,12 +157,22 @@ def _select_two_stage(logits, scores, done, batch, k):
     return scores, flat_index // k, next_ids
 
 
-def beam_search(model, source_ids, max_length, beam_size, length_penalty):
+def beam_search(model, source_ids, max_length, beam_size, length_penalty,
+                reorder_caches=False):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
     beams. A finished beam keeps its score and competes for its slot; the
     search stops when every beam has finished. Returns `(batch,
-    max_length)` int32 ids."""
+    max_length)` int32 ids.
+
+    `reorder_caches`: after every step, copy each beam's self-attention
+    caches from its parent's row (a gather of whole rows) instead of leaving
+    them in place and reading every position through `cache_rows`. Same
+    ids. Slower under XLA (Keras int8 beam b8 at two threads 5.40 -> 6.18 ms
+    a step), faster in a TFLite `WHILE` loop, where a gather of a few whole
+    rows beats one of every (row, head, position) slice (dynamic int8 beam
+    b1 0.75 -> 0.72, b8 8.14 -> 7.54 ms; benchmarks/RESULTS.md, session
+    14): `export_tflite` sets it."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
@@ -190,10 +200,13 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         # The caches stay in place: each row writes position i into its own
         # row, and `cache_rows` says where every beam's earlier positions
         # are. Reordering the caches instead copied all of them twice a
-        # step (a gather, then back into the loop's buffer).
-        cache_rows = ops.slice_update(cache_rows, (0, i), own_rows)
+        # step (a gather, then back into the loop's buffer); see
+        # `reorder_caches` for where that is still the faster way.
+        if not reorder_caches:
+            cache_rows = ops.slice_update(cache_rows, (0, i), own_rows)
         logits, caches = model.decode_step(
-            tokens, i, caches, cross_caches, source_mask, cache_rows=cache_rows
+            tokens, i, caches, cross_caches, source_mask,
+            cache_rows=None if reorder_caches else cache_rows,
         )
         if _TWO_STAGE:
             scores, beam, next_ids = _select_two_stage(logits, scores, done, batch, k)
@@ -214,7 +227,10 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty):
         )
         done = was_done | (next_ids == model.end_token_id) | (next_ids == 0)
         parents = ops.reshape(batch_offsets + beam, (-1,))
-        cache_rows = ops.take(cache_rows, parents, axis=0)
+        if reorder_caches:
+            caches = keras.tree.map_structure(lambda c: ops.take(c, parents, axis=0), caches)
+        else:
+            cache_rows = ops.take(cache_rows, parents, axis=0)
         return (i + 1, ops.reshape(next_ids, (-1, 1)), sequences, scores, lengths, done,
                 cache_rows, caches)
 

@@ -81,6 +81,12 @@ def test_beam_search_equals_the_reordering_reference(norm_first):
         got = model.generate(source, max_length=9, method="beam", beam_size=3,
                              jit_compile=jit_compile)
         np.testing.assert_array_equal(got, expected)
+    # The caches copied from each beam's parent every step (what TFLite
+    # files run) instead of read through `cache_rows`: the same ids.
+    from keras_xformer.decoding.search import beam_search
+
+    got = beam_search(model, ops.convert_to_tensor(source), 9, 3, 0.6, reorder_caches=True)
+    np.testing.assert_array_equal(ops.convert_to_numpy(got), expected)
     if keras.backend.backend() == "tensorflow":
         # A batch size known only at run time (a graph with a `None` batch):
         # the beams get copies of the cross-attention cache instead of
