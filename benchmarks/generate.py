@@ -38,6 +38,7 @@ repeats), and ratios against CTranslate2 and keras-hub from the same run.
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -69,6 +70,7 @@ if ARGS.threads:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 import keras  # noqa: E402
+from keras import ops  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -120,18 +122,31 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
+def one_top_k_selection(logits, scores, done, batch, k):
+    """Beam search's step selection before session 14 (in place of
+    `_select_two_stage`, same arguments and results): one log_softmax, the
+    done mask and the scores over all k * vocabulary candidates, one top_k."""
+    vocabulary = logits.shape[-1]
+    log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
+    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, search_module._NEG)
+    log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
+    candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
+    scores, flat_index = ops.top_k(candidates, k)
+    return scores, flat_index // vocabulary, ops.cast(flat_index % vocabulary, "int32")
+
+
 @contextlib.contextmanager
 def as_before():
-    """Traces beam search as it was before session 14: one log_softmax and
-    one top_k over all k * vocabulary candidates, and TFLite files reading
-    their caches through `cache_rows` (now they copy each beam's caches
-    from its parent's row)."""
-    saved = search_module._TWO_STAGE, tflite_module._REORDER_CACHES
-    search_module._TWO_STAGE, tflite_module._REORDER_CACHES = False, False
+    """Traces beam search as it was before session 14: `one_top_k_selection`,
+    and TFLite files reading their caches through `cache_rows` (now they
+    copy each beam's caches from its parent's row)."""
+    saved = search_module._select_two_stage, tflite_module.beam_search
+    search_module._select_two_stage = one_top_k_selection
+    tflite_module.beam_search = functools.partial(beam_search, reorder_caches=False)
     try:
         yield
     finally:
-        search_module._TWO_STAGE, tflite_module._REORDER_CACHES = saved
+        search_module._select_two_stage, tflite_module.beam_search = saved
 
 
 def before_candidate(model, method, source):

@@ -118,19 +118,6 @@ def greedy_search(model, source_ids, max_length):
     return _staged_while_loop(body, state, max_length, done_index=3, grown_axes={4: 2})[2]
 
 
-# Beam search picks each step's k best continuations in two stages (see
-# `_select_two_stage`); False restores one top_k over all k * vocabulary
-# log-probabilities (kept for benchmarks/generate.py's "before" rows).
-_TWO_STAGE = True
-
-
-def _log_sum_exp(x):
-    """`log(sum(exp(x)))` over the last axis: max, exp, sum, log (plain ops
-    that every runtime has; `ops.logsumexp` adds finiteness checks)."""
-    peak = ops.max(x, axis=-1, keepdims=True)
-    return peak + ops.log(ops.sum(ops.exp(x - peak), axis=-1, keepdims=True))
-
-
 def _select_two_stage(logits, scores, done, batch, k):
     """The k best (beam, token) continuations of each source, from
     `(batch * k, vocabulary)` logits, `(batch, k)` beam scores and done
@@ -140,13 +127,13 @@ def _select_two_stage(logits, scores, done, batch, k):
     same order, so its k best tokens are the k largest logits: a top_k per
     beam, then one over the k * k survivors plus their beams' scores. The
     full log_softmax, the done mask and the score sum over all k *
-    vocabulary candidates are gone (TFLite beam b1 0.94 -> 0.82 ms a step,
-    XLA unchanged: benchmarks/RESULTS.md, session 14). Ties break as one
+    vocabulary candidates are gone (TFLite int8 beam b1 0.92 -> 0.79 ms a
+    step, XLA within its spreads: benchmarks/RESULTS.md, session 14). Ties break as one
     top_k over all candidates would (where top_k keeps the order of equal
     values, as on TensorFlow and JAX): lower beam, then lower id. A finished
     beam offers [PAD] alone, at no cost, as before."""
     top_logits, top_ids = ops.top_k(logits, k)
-    log_probs = ops.reshape(top_logits - _log_sum_exp(logits), (batch, k, k))
+    log_probs = ops.reshape(top_logits - ops.logsumexp(logits, axis=-1, keepdims=True), (batch, k, k))
     top_ids = ops.reshape(ops.cast(top_ids, "int32"), (batch, k, k))
     finished = ops.expand_dims(done, -1)
     log_probs = ops.where(finished, ops.where(ops.arange(k) == 0, 0.0, _NEG), log_probs)
@@ -171,8 +158,8 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
     ids. Slower under XLA (Keras int8 beam b8 at two threads 5.40 -> 6.18 ms
     a step), faster in a TFLite `WHILE` loop, where a gather of a few whole
     rows beats one of every (row, head, position) slice (dynamic int8 beam
-    b1 0.75 -> 0.72, b8 8.14 -> 7.54 ms; benchmarks/RESULTS.md, session
-    14): `export_tflite` sets it."""
+    b1 0.75 -> 0.72, b8 8.14 -> 7.54 ms in a throwaway check; the session-14
+    tables of benchmarks/RESULTS.md): `export_tflite` sets it."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
@@ -189,9 +176,6 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
     # `MultiHeadAttention` reads it once for all of them (k query rows
     # against one copy), where k copies made every step read k times the
     # memory.
-    vocabulary = model.target_vocabulary_size
-    # A finished beam may only be extended by [PAD], at no cost.
-    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, _NEG)
     batch_offsets = ops.expand_dims(ops.arange(batch) * k, 1)
 
     own_rows = ops.expand_dims(ops.arange(batch * k, dtype="int32"), 1)
@@ -208,15 +192,7 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
             tokens, i, caches, cross_caches, source_mask,
             cache_rows=None if reorder_caches else cache_rows,
         )
-        if _TWO_STAGE:
-            scores, beam, next_ids = _select_two_stage(logits, scores, done, batch, k)
-        else:
-            log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
-            log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
-            candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
-            scores, flat_index = ops.top_k(candidates, k)
-            beam = flat_index // vocabulary
-            next_ids = ops.cast(flat_index % vocabulary, "int32")
+        scores, beam, next_ids = _select_two_stage(logits, scores, done, batch, k)
         sequences = ops.take_along_axis(sequences, ops.expand_dims(beam, -1), axis=1)
         sequences = ops.slice_update(
             sequences, (0, 0, i), ops.expand_dims(next_ids, -1)

@@ -10,12 +10,6 @@ from keras_xformer.export._checks import check_beam_args
 from keras_xformer.export._checks import check_export_args
 from keras_xformer.export._checks import check_positive_int
 
-# Beam search in a TFLite file copies each beam's caches from its parent's
-# row every step: faster there than reading through `cache_rows` (see
-# `beam_search`'s `reorder_caches`). False for benchmarks/generate.py's
-# "before" rows.
-_REORDER_CACHES = True
-
 QUANTIZATIONS = (None, "dynamic_int8", "float16")
 METHODS = ("greedy", "beam")
 
@@ -126,7 +120,9 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
             else:
                 ids = beam_search(model, source_ids, max_target_length,
                                   beam_size, float(length_penalty),
-                                  reorder_caches=_REORDER_CACHES)
+                                  # Faster in a TFLite loop than reading
+                                  # through `cache_rows` (see beam_search).
+                                  reorder_caches=True)
         return {"target_ids": ids}
 
     concrete = translate.get_concrete_function()
