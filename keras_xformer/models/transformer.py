@@ -247,7 +247,14 @@ class Transformer(MultiWorkerFitMixin, keras.Model):
             cache_update_index=index,
             self_attention_cache_rows=cache_rows,
         )
-        return self.logits(y)[:, -1], self_caches
+        logits = self.logits(y)
+        if logits.shape[1] == 1:
+            # A reshape, not `[:, -1]`: TFLite runs that slice with its
+            # reference STRIDED_SLICE kernel, an element at a time over
+            # (rows, vocabulary): 15% of a dynamic-int8 beam b8 step under
+            # `perf` (benchmarks/RESULTS.md, session 15).
+            return ops.reshape(logits, (-1, logits.shape[-1])), self_caches
+        return logits[:, -1], self_caches
 
     def cross_attention_weights(self, source_ids, target_ids):
         """Cross-attention weights of every decoder block, a list of
