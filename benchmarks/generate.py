@@ -16,12 +16,10 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before (beam only): our XLA search, Keras int8 and TFLite int8 as they
-  were before session 14: each step's beams chosen by one log_softmax and
-  one top_k over all k x vocabulary candidates (now a top_k per beam and
-  one over the k x k survivors), and TFLite files reading each beam's
-  history through `cache_rows` (now they copy the caches from the parents'
-  rows); to measure those changes in the same run; not counted as "ours".
+- before: the TFLite files (float32 and dynamic int8) as they were before
+  session 15, whose decoding step took its logits with `[:, -1]` (TFLite's
+  reference STRIDED_SLICE over (rows, vocabulary)) where it now reshapes
+  them; to measure that change in the same run; not counted as "ours".
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -38,7 +36,6 @@ repeats), and ratios against CTranslate2 and keras-hub from the same run.
 
 import argparse
 import contextlib
-import functools
 import os
 import platform
 import statistics
@@ -74,10 +71,8 @@ from keras import ops  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_xformer.decoding import search as search_module  # noqa: E402
 from keras_xformer.decoding.search import beam_search  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
-from keras_xformer.export import tflite as tflite_module  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW, BEAM = 8000, 256, 8, 1024, 4, 64, 64, 4
@@ -122,39 +117,28 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
-def one_top_k_selection(logits, scores, done, batch, k):
-    """Beam search's step selection before session 14 (in place of
-    `_select_two_stage`, same arguments and results): one log_softmax, the
-    done mask and the scores over all k * vocabulary candidates, one top_k."""
-    vocabulary = logits.shape[-1]
-    log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (batch, k, vocabulary))
-    pad_only = ops.where(ops.arange(vocabulary) == 0, 0.0, search_module._NEG)
-    log_probs = ops.where(ops.expand_dims(done, -1), pad_only, log_probs)
-    candidates = ops.reshape(ops.expand_dims(scores, -1) + log_probs, (batch, k * vocabulary))
-    scores, flat_index = ops.top_k(candidates, k)
-    return scores, flat_index // vocabulary, ops.cast(flat_index % vocabulary, "int32")
+def sliced_decode_step(self, token_ids, index, self_caches, cross_caches, source_mask,
+                       cache_rows=None):
+    """`Transformer.decode_step` as it was before session 15: the step's
+    logits taken with `[:, -1]` (a STRIDED_SLICE over (rows, vocabulary) in
+    TFLite), where it now reshapes them."""
+    y = self.target_embedding(token_ids, start_index=index)
+    y, self_caches, _ = self.decoder(
+        y, decoder_padding_mask=None, encoder_padding_mask=source_mask,
+        self_attention_caches=self_caches, cross_attention_caches=cross_caches,
+        cache_update_index=index, self_attention_cache_rows=cache_rows)
+    return self.logits(y)[:, -1], self_caches
 
 
 @contextlib.contextmanager
 def as_before():
-    """Traces beam search as it was before session 14: `one_top_k_selection`,
-    and TFLite files reading their caches through `cache_rows` (now they
-    copy each beam's caches from its parent's row)."""
-    saved = search_module._select_two_stage, tflite_module.beam_search
-    search_module._select_two_stage = one_top_k_selection
-    tflite_module.beam_search = functools.partial(beam_search, reorder_caches=False)
+    """Traces decoding as it was before session 15 (`sliced_decode_step`)."""
+    saved = Transformer.decode_step
+    Transformer.decode_step = sliced_decode_step
     try:
         yield
     finally:
-        search_module._select_two_stage, tflite_module.beam_search = saved
-
-
-def before_candidate(model, method, source):
-    """Our compiled search as before (traced now)."""
-    function = tf.function(search_fn(model, method), jit_compile=True)
-    with as_before():
-        function(tf.constant(source))
-    return lambda s: function(tf.constant(s)).numpy()
+        Transformer.decode_step = saved
 
 
 def saved_model_candidate(model, method, directory):
@@ -390,13 +374,10 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
-            if method == "beam" and not (skip and "before".startswith(skip)):
-                candidates["before: generate XLA"] = before_candidate(ours, method, source)
-                if quantized is not None:
-                    candidates["before: Keras quantize(int8) XLA"] = before_candidate(
-                        quantized, method, source)
-                candidates["before: TFLite dynamic_int8"] = tflite_candidate(
-                    ours, "dynamic_int8", method, batch, directory, before=True)
+            if not (skip and "before".startswith(skip)):
+                for q in (None, "dynamic_int8"):
+                    candidates[f"before: TFLite {q or 'float32'}"] = tflite_candidate(
+                        ours, q, method, batch, directory, before=True)
             candidates.update(ctranslate2_candidates(ours, method, directory))
             for jit in (True, False):
                 candidates[f"keras-hub BART generate XLA={jit}"] = hub_bart_candidate(
@@ -408,10 +389,12 @@ def main():
                           if not (skip and k.startswith(skip))}
             check = ours.generate(source, max_length=NEW, method=method, beam_size=BEAM)
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
-            if "before: generate XLA" in candidates:
-                same = np.mean(candidates["before: generate XLA"](source) == check)
-                print(f"{method}, batch {batch}: ids equal those of the one-top_k "
-                      f"selection: {same:.2%}", flush=True)
+            for q in ("float32", "dynamic_int8"):
+                if f"before: TFLite {q}" in candidates:
+                    same = np.mean(candidates[f"before: TFLite {q}"](source)
+                                   == candidates[f"ours TFLite {q}"](source))
+                    print(f"{method}, batch {batch}: TFLite {q} ids equal those of the "
+                          f"file before session 15: {same:.2%}", flush=True)
             if "ours TFLite float32" in candidates:
                 same = np.mean(candidates["ours TFLite float32"](source) == check)
                 print(f"{method}, batch {batch}: TFLite float32 ids equal generate's: "
