@@ -162,6 +162,25 @@ def run_tflite_batches(path, source_ids, batch_size):
     ])
 
 
+def strided_slices_over(path, width):
+    """The STRIDED_SLICE ops of a TFLite file whose input's last axis has
+    `width` entries: `(subgraph, input shape)` pairs."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(f.read(), 0))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    found = []
+    for index, subgraph in enumerate(model.subgraphs):
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] != schema.BuiltinOperator.STRIDED_SLICE:
+                continue
+            shape = list(subgraph.tensors[op.inputs[0]].shape)
+            if shape and shape[-1] == width:
+                found.append((index, shape))
+    return found
+
+
 def test_tflite_beam_at_batch_2_matches_generate(translator, tmp_path):
     model, source_tokenizer, _, texts = translator
     source_ids = encode_source(source_tokenizer, texts[:8], SOURCE_LENGTH).numpy()
@@ -176,6 +195,9 @@ def test_tflite_beam_at_batch_2_matches_generate(translator, tmp_path):
     actual = run_tflite_batches(path, source_ids, 2)
     assert actual.shape == expected.shape and actual.dtype == np.int32
     np.testing.assert_array_equal(actual, expected)
+    # A step's logits come out of the loop body by a reshape: TFLite's
+    # STRIDED_SLICE copies an element at a time (15% of a beam b8 step).
+    assert strided_slices_over(path, model.target_vocabulary_size) == []
 
 
 def test_tflite_greedy_at_batch_2_keeps_rows_independent(translator, tmp_path):
@@ -189,6 +211,7 @@ def test_tflite_greedy_at_batch_2_keeps_rows_independent(translator, tmp_path):
     export_tflite(path, model, SOURCE_LENGTH, TARGET_LENGTH, batch_size=2)
     expected = model.generate(source_ids, max_length=TARGET_LENGTH)
     np.testing.assert_array_equal(run_tflite_batches(path, source_ids, 2), expected)
+    assert strided_slices_over(path, model.target_vocabulary_size) == []
     # A batch filled up with an all-padding row: the real row is unchanged.
     filled = np.stack([source_ids[0], np.zeros_like(source_ids[0])])
     actual = run_tflite_batches(path, filled, 2)
