@@ -19,7 +19,9 @@ Candidates (greedy and beam 4, batch 1 and 8):
 - before: the TFLite files (float32 and dynamic int8) as they were before
   session 15, whose decoding step took its logits with `[:, -1]` (TFLite's
   reference STRIDED_SLICE over (rows, vocabulary)) where it now reshapes
-  them; to measure that change in the same run; not counted as "ours".
+  them, and whose caches grew by doubling (32, 64) where they now grow
+  every 16 positions; to measure those changes in the same run; not
+  counted as "ours".
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -72,6 +74,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_xformer.decoding.search import beam_search  # noqa: E402
+from keras_xformer.export import tflite as tflite_module  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
 
@@ -132,13 +135,16 @@ def sliced_decode_step(self, token_ids, index, self_caches, cross_caches, source
 
 @contextlib.contextmanager
 def as_before():
-    """Traces decoding as it was before session 15 (`sliced_decode_step`)."""
-    saved = Transformer.decode_step
+    """Traces decoding as it was before session 15: `sliced_decode_step`,
+    and TFLite files whose caches grow by doubling (32, 64) rather than
+    every 16 positions."""
+    saved = Transformer.decode_step, tflite_module._STAGE_STEP
     Transformer.decode_step = sliced_decode_step
+    tflite_module._STAGE_STEP = None
     try:
         yield
     finally:
-        Transformer.decode_step = saved
+        Transformer.decode_step, tflite_module._STAGE_STEP = saved
 
 
 def saved_model_candidate(model, method, directory):

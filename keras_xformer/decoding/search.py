@@ -29,11 +29,28 @@ _COMPILED = weakref.WeakKeyDictionary()
 _FIRST_STAGE = 32
 
 
-def _stages(max_length):
+# At most this many loops when the stages grow by a fixed step.
+_MAX_STEPPED_STAGES = 8
+
+
+def _stages(max_length, step=None):
     """The cache length of each decoding loop: 32, 64, 128, ... then
     `max_length`, the last stage at least half again as long as the one
     before it (67 gives 32 and 67, not 32, 64 and 67: a loop for three
-    positions would cost a compilation and save nothing)."""
+    positions would cost a compilation and save nothing).
+
+    With `step`: every `step` positions instead (16 gives 16, 32, 48, 64
+    for 64), the step raised to a multiple of itself where that would make
+    more than `_MAX_STEPPED_STAGES` loops, and a last stage shorter than half
+    a step merged into the one before. TFLite files use this: each step
+    there copies its whole caches (see `export_tflite`), so shorter caches
+    pay where XLA's in-place loops gain little and compile once per loop."""
+    if step is not None:
+        step *= max(1, -(-max_length // (step * _MAX_STEPPED_STAGES)))
+        stages = list(range(step, max_length, step))
+        if stages and max_length - stages[-1] < step / 2:
+            stages.pop()
+        return stages + [max_length]
     stages, length = [], _FIRST_STAGE
     while length * 3 < max_length * 2:
         stages.append(length)
@@ -51,13 +68,14 @@ def _grow(tensors, length, axis):
     return keras.tree.map_structure(pad, tensors)
 
 
-def _staged_while_loop(body, state, max_length, done_index, grown_axes):
-    """`ops.while_loop(body, state)` from step `state[0]` until
-    `max_length` or until every row is done (`state[done_index]`), one loop
-    per stage of `_stages(max_length)`: before each, the loop variables at
-    the indices of `grown_axes` (the caches, made at the first stage's
-    length) are zero-padded along their axis to the stage's length."""
-    for end in _stages(max_length):
+def _staged_while_loop(body, state, stages, done_index, grown_axes):
+    """`ops.while_loop(body, state)` from step `state[0]` until the last of
+    `stages` (`_stages(max_length)`) or until every row is done
+    (`state[done_index]`), one loop per stage: before each, the loop
+    variables at the indices of `grown_axes` (the caches, made at the first
+    stage's length) are zero-padded along their axis to the stage's
+    length."""
+    for end in stages:
         def cond(*values, end=end):
             return ops.logical_and(values[0] < end, ops.logical_not(ops.all(values[done_index])))
 
@@ -90,14 +108,15 @@ def _argmax(logits):
     return ops.cast(ops.argmax(logits, axis=-1), "int32")
 
 
-def greedy_search(model, source_ids, max_length):
+def greedy_search(model, source_ids, max_length, stage_step=None):
     """Argmax decoding; see `Transformer.generate`. Returns `(batch,
-    max_length)` int32 ids."""
+    max_length)` int32 ids. `stage_step`: see `_stages`."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     cross_caches = model.decoder.compute_cross_attention_caches(
         encoder_outputs, layout="split"
     )
     batch = ops.shape(source_ids)[0]
+    stages = _stages(max_length, stage_step)
 
     def body(i, tokens, outputs, done, caches):
         logits, caches = model.decode_step(tokens, i, caches, cross_caches, source_mask)
@@ -113,9 +132,9 @@ def greedy_search(model, source_ids, max_length):
         ops.full((batch, 1), model.start_token_id, "int32"),
         ops.zeros((batch, max_length), "int32"),
         ops.zeros((batch,), "bool"),
-        _empty_self_attention_caches(model, batch, _stages(max_length)[0]),
+        _empty_self_attention_caches(model, batch, stages[0]),
     )
-    return _staged_while_loop(body, state, max_length, done_index=3, grown_axes={4: 2})[2]
+    return _staged_while_loop(body, state, stages, done_index=3, grown_axes={4: 2})[2]
 
 
 def _select_two_stage(logits, scores, done, batch, k):
@@ -145,7 +164,7 @@ def _select_two_stage(logits, scores, done, batch, k):
 
 
 def beam_search(model, source_ids, max_length, beam_size, length_penalty,
-                reorder_caches=False):
+                reorder_caches=False, stage_step=None):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
     beams. A finished beam keeps its score and competes for its slot; the
@@ -159,7 +178,8 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
     a step), faster in a TFLite `WHILE` loop, where a gather of a few whole
     rows beats one of every (row, head, position) slice (dynamic int8 beam
     b1 0.75 -> 0.72, b8 8.14 -> 7.54 ms in a throwaway check; the session-14
-    tables of benchmarks/RESULTS.md): `export_tflite` sets it."""
+    tables of benchmarks/RESULTS.md): `export_tflite` sets it.
+    `stage_step`: see `_stages`."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
@@ -211,7 +231,8 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
                 cache_rows, caches)
 
     first_beam_only = ops.where(ops.arange(k) == 0, 0.0, _NEG)
-    first_stage = _stages(max_length)[0]
+    stages = _stages(max_length, stage_step)
+    first_stage = stages[0]
     state = (
         ops.convert_to_tensor(0, "int32"),
         ops.full((batch * k, 1), model.start_token_id, "int32"),
@@ -223,7 +244,7 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
         _empty_self_attention_caches(model, batch * k, first_stage),
     )
     _, _, sequences, scores, lengths, _, _, _ = _staged_while_loop(
-        body, state, max_length, done_index=5, grown_axes={6: 1, 7: 2})
+        body, state, stages, done_index=5, grown_axes={6: 1, 7: 2})
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     # `_argmax`, not `ops.argmax`: the latter's negative-zero fix-up is a
     # BitwiseAnd on TensorFlow, which has no TFLite builtin, and stops

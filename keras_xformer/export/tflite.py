@@ -11,6 +11,12 @@ from keras_xformer.export._checks import check_export_args
 from keras_xformer.export._checks import check_positive_int
 
 QUANTIZATIONS = (None, "dynamic_int8", "float16")
+
+# The search's caches grow every 16 positions (16, 32, 48, 64 for 64
+# tokens) instead of doubling (32, 64): a TFLite loop copies its caches
+# every step (its memory planner cannot update a loop variable in place),
+# so shorter ones pay (benchmarks/RESULTS.md, session 15).
+_STAGE_STEP = 16
 METHODS = ("greedy", "beam")
 
 
@@ -116,13 +122,14 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
         values = [tf.constant(w) for w in weights]
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             if method == "greedy":
-                ids = greedy_search(model, source_ids, max_target_length)
+                ids = greedy_search(model, source_ids, max_target_length,
+                                    stage_step=_STAGE_STEP)
             else:
                 ids = beam_search(model, source_ids, max_target_length,
                                   beam_size, float(length_penalty),
                                   # Faster in a TFLite loop than reading
                                   # through `cache_rows` (see beam_search).
-                                  reorder_caches=True)
+                                  reorder_caches=True, stage_step=_STAGE_STEP)
         return {"target_ids": ids}
 
     concrete = translate.get_concrete_function()

@@ -172,6 +172,15 @@ def test_cache_stages():
     assert _stages(64) == [32, 64]
     assert _stages(67) == [32, 67]
     assert _stages(100) == [32, 64, 100]
+    # Stepped (TFLite files): every 16 positions, a short last stage
+    # merged, at most 8 loops.
+    assert _stages(10, 16) == [10]
+    assert _stages(24, 16) == [16, 24]
+    assert _stages(64, 16) == [16, 32, 48, 64]
+    assert _stages(67, 16) == [16, 32, 48, 67]
+    assert _stages(72, 16) == [16, 32, 48, 64, 72]
+    assert _stages(200, 16) == [32, 64, 96, 128, 160, 200]
+    assert len(_stages(1000, 16)) <= 8
 
 
 def _random_model(seed):
@@ -213,6 +222,30 @@ def test_staged_caches_decode_as_one_full_length_cache(method, monkeypatch):
     assert (expected[1000][:, 8:] != 0).any()
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_stepped_stages_decode_as_doubling_ones(method):
+    # `stage_step=3`: loops with 3-, 6-, 9- and 13-slot caches (TFLite's
+    # schedule, at a size that makes several stages), the same ids as
+    # `generate`'s 13-slot loop, with beam search's caches reordered as in
+    # TFLite or read through `cache_rows`.
+    from keras_xformer.decoding.search import _stages
+    from keras_xformer.decoding.search import beam_search
+    from keras_xformer.decoding.search import greedy_search
+
+    assert _stages(13, 3) == [3, 6, 9, 13]
+    model, source = _random_model(3)
+    expected = model.generate(source, max_length=13, method=method, beam_size=3)
+    ids = ops.convert_to_tensor(source)
+    if method == "greedy":
+        actual = [greedy_search(model, ids, 13, stage_step=3)]
+    else:
+        actual = [beam_search(model, ids, 13, 3, 0.6, reorder_caches=reorder, stage_step=3)
+                  for reorder in (False, True)]
+    for ids_out in actual:
+        np.testing.assert_array_equal(ops.convert_to_numpy(ids_out), expected)
+    assert (expected[:, 9:] != 0).any()  # some rows reach the last stage
+
+
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
@@ -221,8 +254,12 @@ def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
     from keras_xformer.decoding import search
     from keras_xformer.export import export_tflite
 
+    from keras_xformer.export import tflite
+
     model, source = _random_model(4)
     monkeypatch.setattr(search, "_FIRST_STAGE", 4)
+    # The file's caches grow every 4 positions here: 4, 8 and 13 slots.
+    monkeypatch.setattr(tflite, "_STAGE_STEP", 4)
     search._COMPILED.pop(model, None)
     expected = model.generate(source, max_length=13, method=method, beam_size=3)
     path = str(tmp_path / "staged.tflite")
