@@ -45,3 +45,22 @@ def save_results(name, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     return path
+
+
+def decoding_model(vocabulary=8000, width=256, heads=8, intermediate=1024, layers=4):
+    """The decoding benchmarks' model (generate.py's sizes), random weights
+    with seed 0 and [PAD]/[END] biased to -1e4 so every run makes all its
+    tokens."""
+    import keras
+
+    from keras_xformer.models import Transformer
+
+    keras.utils.set_random_seed(0)
+    model = Transformer(vocabulary, vocabulary, num_layers=layers, hidden_dim=width,
+                        num_heads=heads, intermediate_dim=intermediate, dropout=0.0,
+                        tie_output_embeddings=False)
+    model.build()
+    bias = model.output_projection.bias.numpy()
+    bias[[0, 3]] = -1e4
+    model.output_projection.bias.assign(bias)
+    return model

@@ -50,13 +50,11 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(ARGS.threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 from keras import tree  # noqa: E402
 
 from keras_xformer.decoding import search as S  # noqa: E402
-from keras_xformer.models import Transformer  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW, BEAM = 8000, 256, 8, 1024, 4, 64, 64, 4
 
@@ -275,13 +273,7 @@ def pieces(batch, k):
 
 
 def main():
-    keras.utils.set_random_seed(0)
-    model = Transformer(VOCAB, VOCAB, num_layers=LAYERS, hidden_dim=WIDTH, num_heads=HEADS,
-                        intermediate_dim=FF, dropout=0.0, tie_output_embeddings=False)
-    model.build()
-    bias = model.output_projection.bias.numpy()
-    bias[[0, 3]] = -1e4
-    model.output_projection.bias.assign(bias)
+    model = _common.decoding_model(VOCAB, WIDTH, HEADS, FF, LAYERS)
     if ARGS.int8:
         model.quantize("int8")
     print(f"threads {ARGS.threads}, TensorFlow {tf.__version__}"

@@ -101,14 +101,7 @@ def cpu_description():
 
 
 def our_model(quantize=False):
-    keras.utils.set_random_seed(0)
-    model = Transformer(VOCAB, VOCAB, num_layers=LAYERS, hidden_dim=WIDTH,
-                        num_heads=HEADS, intermediate_dim=FF, dropout=0.0,
-                        tie_output_embeddings=False)
-    model.build()
-    bias = model.output_projection.bias.numpy()
-    bias[[0, 3]] = -1e4
-    model.output_projection.bias.assign(bias)
+    model = _common.decoding_model(VOCAB, WIDTH, HEADS, FF, LAYERS)
     if quantize:
         model.quantize("int8")
     return model

@@ -21,10 +21,8 @@ if THREADS:
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_xformer.models import Transformer  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW = 8000, 256, 8, 1024, 4, 64, 64
 
@@ -41,13 +39,7 @@ def per_step(fn, repeats=7):
 
 
 def main():
-    keras.utils.set_random_seed(0)
-    model = Transformer(VOCAB, VOCAB, num_layers=LAYERS, hidden_dim=WIDTH, num_heads=HEADS,
-                        intermediate_dim=FF, dropout=0.0, tie_output_embeddings=False)
-    model.build()
-    bias = model.output_projection.bias.numpy()
-    bias[[0, 3]] = -1e4
-    model.output_projection.bias.assign(bias)
+    model = _common.decoding_model(VOCAB, WIDTH, HEADS, FF, LAYERS)
     kernel = tf.constant(model.output_projection.kernel.numpy())
     methods = sys.argv[1:] or ["greedy"]
 

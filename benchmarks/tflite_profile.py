@@ -33,19 +33,11 @@ VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW = 8000, 256, 8, 1024, 4, 64, 64
 
 
 def export():
-    import _common  # noqa: F401  (backend, log level, this checkout first)
-    import keras
+    import _common  # (backend, log level, this checkout first)
 
     from keras_xformer.export import export_tflite
-    from keras_xformer.models import Transformer
 
-    keras.utils.set_random_seed(0)
-    model = Transformer(VOCAB, VOCAB, num_layers=LAYERS, hidden_dim=WIDTH, num_heads=HEADS,
-                        intermediate_dim=FF, dropout=0.0, tie_output_embeddings=False)
-    model.build()
-    bias = model.output_projection.bias.numpy()
-    bias[[0, 3]] = -1e4
-    model.output_projection.bias.assign(bias)
+    model = _common.decoding_model(VOCAB, WIDTH, HEADS, FF, LAYERS)
     quantization = None if ARGS.quantization == "none" else ARGS.quantization
     size = export_tflite(ARGS.path, model, SOURCE, NEW, quantization=quantization,
                          batch_size=ARGS.batch, method=ARGS.method)
