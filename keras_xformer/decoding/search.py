@@ -137,6 +137,56 @@ def greedy_search(model, source_ids, max_length, stage_step=None):
     return _staged_while_loop(body, state, stages, done_index=3, grown_axes={4: 2})[2]
 
 
+# `_top_k` reads a vocabulary this long or longer in blocks of this many.
+_TOP_K_MIN_LENGTH = 1024
+_TOP_K_BLOCK = 32
+
+
+def _top_k(x, k, block=None):
+    """`ops.top_k(x, k)` over the last axis of a `(rows, n)` tensor, the
+    same values and indices (ties to the lower index where top_k breaks
+    them so), in three small steps instead of one large one: the maximum
+    of every `block` consecutive values, the k best blocks (put back in
+    index order), then a top_k over those k * block values. Exact: a block
+    outside the k best has k blocks ahead of it whose maxima are at least
+    its own, tying only at lower indices, so k values rank ahead of each of
+    its values. Written by hand because both runtimes' TopK walk the whole
+    row keeping a sorted k: over (32, 8000) with k = 4, XLA:CPU 410 ->
+    61 us, TFLite 343 -> 113 us (benchmarks/RESULTS.md, session 16), a
+    beam search's largest op after the matmuls and the cache copies.
+    Shorter rows (and unknown lengths) take `ops.top_k` as it is."""
+    n = x.shape[-1]
+    block = block or _TOP_K_BLOCK
+    if n is None or n < max(_TOP_K_MIN_LENGTH, 2 * k * block):
+        return ops.top_k(x, k)
+    blocks = -(-n // block)
+    if blocks * block != n:
+        # -inf after the last value: it ties only with -inf values, at
+        # higher indices, so it is never chosen over one of them.
+        x = ops.pad(x, ((0, 0), (0, blocks * block - n)), constant_values=float("-inf"))
+    grouped = ops.reshape(x, (-1, blocks, block))
+    _, best = ops.top_k(ops.max(grouped, axis=-1), k)
+    best = -ops.top_k(-ops.cast(best, "int32"), k)[0]  # ascending block order
+    candidates = _take_rows(grouped, best)
+    values, positions = ops.top_k(ops.reshape(candidates, (-1, k * block)), k)
+    positions = ops.cast(positions, "int32")
+    ids = _take_rows(best, positions // block) * block + positions % block
+    return values, ids
+
+
+def _take_rows(x, indices):
+    """`x[r, indices[r, j]]` for `(rows, n, ...)` x and `(rows, m)` indices.
+    On TensorFlow a batched GATHER: `ops.take_along_axis` there transposes
+    all of x first (a copy of the whole vocabulary row in `_top_k`)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(x, indices, axis=1, batch_dims=1)
+    if len(x.shape) == 3:
+        indices = ops.expand_dims(indices, -1)
+    return ops.take_along_axis(x, indices, axis=1)
+
+
 def _select_two_stage(logits, scores, done, batch, k):
     """The k best (beam, token) continuations of each source, from
     `(batch * k, vocabulary)` logits, `(batch, k)` beam scores and done
@@ -144,14 +194,14 @@ def _select_two_stage(logits, scores, done, batch, k):
 
     A beam's log-probabilities are its logits less one log-sum-exp, the
     same order, so its k best tokens are the k largest logits: a top_k per
-    beam, then one over the k * k survivors plus their beams' scores. The
+    beam (`_top_k`), then one over the k * k survivors plus their beams' scores. The
     full log_softmax, the done mask and the score sum over all k *
     vocabulary candidates are gone (TFLite int8 beam b1 0.92 -> 0.79 ms a
     step, XLA within its spreads: benchmarks/RESULTS.md, session 14). Ties break as one
     top_k over all candidates would (where top_k keeps the order of equal
     values, as on TensorFlow and JAX): lower beam, then lower id. A finished
     beam offers [PAD] alone, at no cost, as before."""
-    top_logits, top_ids = ops.top_k(logits, k)
+    top_logits, top_ids = _top_k(logits, k)
     log_probs = ops.reshape(top_logits - ops.logsumexp(logits, axis=-1, keepdims=True), (batch, k, k))
     top_ids = ops.reshape(ops.cast(top_ids, "int32"), (batch, k, k))
     finished = ops.expand_dims(done, -1)

@@ -55,9 +55,16 @@ def reference_beam_search(model, source_ids, max_length, k, length_penalty):
     return sequences[np.arange(batch), best], scores
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_beam_search_equals_the_reordering_reference(norm_first):
+@pytest.mark.parametrize("norm_first, blocked_top_k", [(False, False), (True, False), (False, True)])
+def test_beam_search_equals_the_reordering_reference(norm_first, blocked_top_k, monkeypatch):
+    from keras_xformer.decoding import search as search_module
     from keras_xformer.models import Transformer
+
+    if blocked_top_k:
+        # `_top_k` in blocks of 4 over the 30-token vocabulary (padded to
+        # 32), as it runs over large ones: the reference's one top_k.
+        monkeypatch.setattr(search_module, "_TOP_K_MIN_LENGTH", 0)
+        monkeypatch.setattr(search_module, "_TOP_K_BLOCK", 4)
 
     keras.utils.set_random_seed(1)
     model = Transformer(30, 30, num_layers=2, hidden_dim=16, num_heads=2,
@@ -262,10 +269,48 @@ def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
     monkeypatch.setattr(tflite, "_STAGE_STEP", 4)
     search._COMPILED.pop(model, None)
     expected = model.generate(source, max_length=13, method=method, beam_size=3)
+    # The file's beam search takes its top_k in blocks (`_top_k`, blocks
+    # of 4 here), `expected` with one top_k: the same ids.
+    monkeypatch.setattr(search, "_TOP_K_MIN_LENGTH", 0)
+    monkeypatch.setattr(search, "_TOP_K_BLOCK", 4)
     path = str(tmp_path / "staged.tflite")
     export_tflite(path, model, 7, 13, batch_size=4, method=method, beam_size=3)
     runner = Interpreter(model_path=path).get_signature_runner()
     np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
+
+
+@pytest.mark.parametrize("n, block, k", [(64, 8, 4), (61, 8, 3), (8000, 32, 4), (1030, 32, 1)])
+def test_top_k_in_blocks_equals_top_k(monkeypatch, n, block, k):
+    """`_top_k` (block maxima, the k best blocks, a top_k over their
+    values) gives top_k's values and indices: on random rows, on rows with
+    many exact ties, equal rows, -inf values, and a length that is no
+    multiple of the block (padded with -inf)."""
+    from keras_xformer.decoding import search
+
+    monkeypatch.setattr(search, "_TOP_K_MIN_LENGTH", 0)
+    rng = np.random.default_rng(n)
+    x = np.concatenate([
+        rng.normal(size=(3, n)),
+        np.round(rng.normal(size=(3, n)), 1),  # many ties
+        np.zeros((1, n)),  # all equal
+        np.where(rng.random((2, n)) < 0.9, -np.inf, rng.normal(size=(2, n))),
+        np.full((1, n), -np.inf),
+    ]).astype("float32")
+    values, ids = search._top_k(ops.convert_to_tensor(x), k, block=block)
+    values, ids = ops.convert_to_numpy(values), ops.convert_to_numpy(ids)
+    expected_values, expected_ids = (ops.convert_to_numpy(t) for t in ops.top_k(x, k))
+    np.testing.assert_array_equal(values, expected_values)
+    assert ids.shape == (len(x), k)
+    np.testing.assert_array_equal(np.take_along_axis(x, ids.astype("int64"), 1), values)
+    assert all(len(set(row)) == k for row in ids) and ids.min() >= 0 and ids.max() < n
+    if keras.backend.backend() != "torch":
+        # torch.topk leaves the order of equal values unspecified.
+        np.testing.assert_array_equal(ids, expected_ids)
+    # Short rows take ops.top_k itself.
+    monkeypatch.setattr(search, "_TOP_K_MIN_LENGTH", n + 1)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(search._top_k(ops.convert_to_tensor(x), k, block=block)[0]),
+        expected_values)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
