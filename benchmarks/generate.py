@@ -16,12 +16,14 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before: the TFLite files (float32 and dynamic int8) as they were before
-  session 15, whose decoding step took its logits with `[:, -1]` (TFLite's
-  reference STRIDED_SLICE over (rows, vocabulary)) where it now reshapes
-  them, and whose caches grew by doubling (32, 64) where they now grow
-  every 16 positions; to measure those changes in the same run; not
-  counted as "ours".
+- before (beam only): the same candidates as they were before session 16,
+  whose beam search took each beam's k best tokens with one TopK over the
+  whole vocabulary, where `_top_k` now takes them in blocks: the TFLite
+  files (float32 and dynamic int8), `generate` with XLA and the Keras int8
+  model with XLA (separate model objects with the same weights, traced
+  that way); to measure that change in the same run; not counted as
+  "ours". (Session 15's before rows, a logits slice and doubling caches:
+  benchmarks/RESULTS.md.)
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -74,7 +76,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_xformer.decoding.search import beam_search  # noqa: E402
-from keras_xformer.export import tflite as tflite_module  # noqa: E402
+from keras_xformer.decoding import search as search_module  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
 
@@ -113,31 +115,25 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
-def sliced_decode_step(self, token_ids, index, self_caches, cross_caches, source_mask,
-                       cache_rows=None):
-    """`Transformer.decode_step` as it was before session 15: the step's
-    logits taken with `[:, -1]` (a STRIDED_SLICE over (rows, vocabulary) in
-    TFLite), where it now reshapes them."""
-    y = self.target_embedding(token_ids, start_index=index)
-    y, self_caches, _ = self.decoder(
-        y, decoder_padding_mask=None, encoder_padding_mask=source_mask,
-        self_attention_caches=self_caches, cross_attention_caches=cross_caches,
-        cache_update_index=index, self_attention_cache_rows=cache_rows)
-    return self.logits(y)[:, -1], self_caches
-
-
 @contextlib.contextmanager
 def as_before():
-    """Traces decoding as it was before session 15: `sliced_decode_step`,
-    and TFLite files whose caches grow by doubling (32, 64) rather than
-    every 16 positions."""
-    saved = Transformer.decode_step, tflite_module._STAGE_STEP
-    Transformer.decode_step = sliced_decode_step
-    tflite_module._STAGE_STEP = None
+    """Traces beam search as it was before session 16: one TopK over the
+    whole vocabulary (`search._top_k` falls back to `ops.top_k` for rows
+    shorter than its threshold)."""
+    saved = search_module._TOP_K_MIN_LENGTH
+    search_module._TOP_K_MIN_LENGTH = float("inf")
     try:
         yield
     finally:
-        Transformer.decode_step, tflite_module._STAGE_STEP = saved
+        search_module._TOP_K_MIN_LENGTH = saved
+
+
+def before_generate(model, method):
+    """`model.generate`, traced (on its first call) as before session 16."""
+    def run(source):
+        with as_before():
+            return model.generate(source, max_length=NEW, method=method, beam_size=BEAM)
+    return run
 
 
 def saved_model_candidate(model, method, directory):
@@ -347,6 +343,12 @@ def main():
             print(f"ours quantize('int8'): not available here ({type(error).__name__}: "
                   f"{str(error)[:200]})")
             quantized = None
+    # The before rows' models: the same weights (seed 0), their own traces.
+    ours_before = quantized_before = None
+    if not (skip and "before".startswith(skip)):
+        ours_before = our_model()
+        if quantized is not None:
+            quantized_before = our_model(quantize=True)
     hub = HubLayers()
     bart_backbone = keras_hub.models.BartBackbone(
         vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=WIDTH,
@@ -373,10 +375,14 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
-            if not (skip and "before".startswith(skip)):
+            if method == "beam" and not (skip and "before".startswith(skip)):
                 for q in (None, "dynamic_int8"):
                     candidates[f"before: TFLite {q or 'float32'}"] = tflite_candidate(
                         ours, q, method, batch, directory, before=True)
+                candidates["before: generate XLA=True"] = before_generate(ours_before, method)
+                if quantized_before is not None:
+                    candidates["before: Keras quantize(int8) XLA"] = before_generate(
+                        quantized_before, method)
             candidates.update(ctranslate2_candidates(ours, method, directory))
             for jit in (True, False):
                 candidates[f"keras-hub BART generate XLA={jit}"] = hub_bart_candidate(
@@ -388,12 +394,15 @@ def main():
                           if not (skip and k.startswith(skip))}
             check = ours.generate(source, max_length=NEW, method=method, beam_size=BEAM)
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
-            for q in ("float32", "dynamic_int8"):
-                if f"before: TFLite {q}" in candidates:
-                    same = np.mean(candidates[f"before: TFLite {q}"](source)
-                                   == candidates[f"ours TFLite {q}"](source))
-                    print(f"{method}, batch {batch}: TFLite {q} ids equal those of the "
-                          f"file before session 15: {same:.2%}", flush=True)
+            for before, now in (("before: TFLite float32", "ours TFLite float32"),
+                                ("before: TFLite dynamic_int8", "ours TFLite dynamic_int8"),
+                                ("before: generate XLA=True", "ours generate XLA=True"),
+                                ("before: Keras quantize(int8) XLA",
+                                 "ours Keras quantize(int8) XLA")):
+                if before in candidates and now in candidates:
+                    same = np.mean(candidates[before](source) == candidates[now](source))
+                    print(f"{method}, batch {batch}: {now} ids equal those of {before}: "
+                          f"{same:.2%}", flush=True)
             if "ours TFLite float32" in candidates:
                 same = np.mean(candidates["ours TFLite float32"](source) == check)
                 print(f"{method}, batch {batch}: TFLite float32 ids equal generate's: "
