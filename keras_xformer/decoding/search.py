@@ -151,9 +151,9 @@ def _top_k(x, k, block=None):
     outside the k best has k blocks ahead of it whose maxima are at least
     its own, tying only at lower indices, so k values rank ahead of each of
     its values. Written by hand because both runtimes' TopK walk the whole
-    row keeping a sorted k: over (32, 8000) with k = 4, XLA:CPU 410 ->
-    61 us, TFLite 343 -> 113 us (benchmarks/RESULTS.md, session 16), a
-    beam search's largest op after the matmuls and the cache copies.
+    row keeping a sorted k: over (32, 8000) with k = 4, XLA:CPU 401 ->
+    85 us, TFLite 324 -> 115 us (`benchmarks/top_k.py`; RESULTS.md,
+    session 16), where TopK was 5.5% of a TFLite int8 beam b8 step.
     Shorter rows (and unknown lengths) take `ops.top_k` as it is."""
     n = x.shape[-1]
     block = block or _TOP_K_BLOCK
