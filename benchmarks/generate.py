@@ -16,14 +16,15 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before (beam only): the same candidates as they were before session 16,
-  whose beam search took each beam's k best tokens with one TopK over the
-  whole vocabulary, where `_top_k` now takes them in blocks: the TFLite
-  files (float32 and dynamic int8), `generate` with XLA and the Keras int8
-  model with XLA (separate model objects with the same weights, traced
-  that way); to measure that change in the same run; not counted as
-  "ours". (Session 15's before rows, a logits slice and doubling caches:
-  benchmarks/RESULTS.md.)
+- before: the same candidates as they were before session 16: beam
+  search took each beam's k best tokens with one TopK over the whole
+  vocabulary (where `_top_k` now takes them in blocks), and the attention
+  masked its logits with a `where` (a TFLite SELECT_V2, where it now takes
+  a minimum): the TFLite files (float32 and dynamic int8), `generate` with
+  XLA and the Keras int8 model with XLA (separate model objects with the
+  same weights, traced that way); to measure those changes in the same
+  run; not counted as "ours". (Session 15's before rows, a logits slice
+  and doubling caches: benchmarks/RESULTS.md.)
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -77,6 +78,7 @@ import numpy as np  # noqa: E402
 
 from keras_xformer.decoding.search import beam_search  # noqa: E402
 from keras_xformer.decoding import search as search_module  # noqa: E402
+from keras_xformer.layers import attention as attention_module  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
 from keras_xformer.models import Transformer  # noqa: E402
 
@@ -115,17 +117,31 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
+def where_attention_weights(logits, mask, dtype, dropout, training):
+    """`attention._attention_weights` as it was before session 16: the
+    masked logits replaced with a `where` (TFLite's SELECT_V2)."""
+    logits = ops.cast(logits, "float32")
+    if mask is not None:
+        if len(mask.shape) == 3:
+            mask = ops.expand_dims(mask, 1)
+        logits = ops.where(mask, logits, attention_module._MASKED_LOGIT)
+    weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
+    dropped = weights if dropout is None else dropout(weights, training=training)
+    return weights, dropped
+
+
 @contextlib.contextmanager
 def as_before():
-    """Traces beam search as it was before session 16: one TopK over the
+    """Traces decoding as it was before session 16: one TopK over the
     whole vocabulary (`search._top_k` falls back to `ops.top_k` for rows
-    shorter than its threshold)."""
-    saved = search_module._TOP_K_MIN_LENGTH
+    shorter than its threshold) and `where_attention_weights`."""
+    saved = search_module._TOP_K_MIN_LENGTH, attention_module._attention_weights
     search_module._TOP_K_MIN_LENGTH = float("inf")
+    attention_module._attention_weights = where_attention_weights
     try:
         yield
     finally:
-        search_module._TOP_K_MIN_LENGTH = saved
+        search_module._TOP_K_MIN_LENGTH, attention_module._attention_weights = saved
 
 
 def before_generate(model, method):
@@ -375,7 +391,7 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
-            if method == "beam" and not (skip and "before".startswith(skip)):
+            if not (skip and "before".startswith(skip)):
                 for q in (None, "dynamic_int8"):
                     candidates[f"before: TFLite {q or 'float32'}"] = tflite_candidate(
                         ours, q, method, batch, directory, before=True)

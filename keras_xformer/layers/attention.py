@@ -29,7 +29,8 @@ def check_cache_layout(layout):
             f'`layout` must be "stacked" or "split". Received: layout={layout!r}'
         )
 
-# Masked logits are replaced (not added to) with this value, in float32: a
+# Masked logits are replaced (not added to) with this value, in float32 (a
+# minimum with it, in `_attention_weights`): a
 # row whose keys are all masked becomes uniform instead of NaN, and no
 # float16 overflow can happen because the softmax never runs in half
 # precision.
@@ -128,7 +129,15 @@ def _attention_weights(logits, mask, dtype, dropout, training):
     if mask is not None:
         if len(mask.shape) == 3:
             mask = ops.expand_dims(mask, 1)
-        logits = ops.where(mask, logits, _MASKED_LOGIT)
+        # `where(mask, logits, _MASKED_LOGIT)` as a minimum with a bound
+        # made from the mask alone (+inf where attended): the same values
+        # for every logit above _MASKED_LOGIT, and in a TFLite file one
+        # XNNPACK op between the scores' and the softmax's, where a
+        # SELECT_V2 (a builtin, single-threaded) split XNNPACK's graph at
+        # every attention: greedy b8 float 2.11 -> 2.02 ms a step, int8
+        # beam b8 3.83 -> 3.62 at two threads (benchmarks/RESULTS.md,
+        # session 16).
+        logits = ops.minimum(logits, ops.where(mask, float("inf"), _MASKED_LOGIT))
     weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
     dropped = weights if dropout is None else dropout(weights, training=training)
     return weights, dropped

@@ -181,6 +181,24 @@ def strided_slices_over(path, width):
     return found
 
 
+def softmax_input_producers(path):
+    """The names of the ops whose outputs TFLite's SOFTMAX ops read, over
+    every subgraph of a file."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(f.read(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    found = set()
+    for subgraph in model.subgraphs:
+        producer = {t: codes[op.opcodeIndex] for op in subgraph.operators for t in op.outputs}
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] == schema.BuiltinOperator.SOFTMAX:
+                found.add(names.get(producer.get(op.inputs[0]), "a subgraph input"))
+    return found
+
+
 def test_tflite_beam_at_batch_2_matches_generate(translator, tmp_path):
     model, source_tokenizer, _, texts = translator
     source_ids = encode_source(source_tokenizer, texts[:8], SOURCE_LENGTH).numpy()
@@ -198,6 +216,9 @@ def test_tflite_beam_at_batch_2_matches_generate(translator, tmp_path):
     # A step's logits come out of the loop body by a reshape: TFLite's
     # STRIDED_SLICE copies an element at a time (15% of a beam b8 step).
     assert strided_slices_over(path, model.target_vocabulary_size) == []
+    # The attention masks its scores with a MINIMUM, an XNNPACK op, not a
+    # SELECT_V2, which split XNNPACK's graph at every attention.
+    assert softmax_input_producers(path) == {"MINIMUM"}
 
 
 def test_tflite_greedy_at_batch_2_keeps_rows_independent(translator, tmp_path):
@@ -212,6 +233,7 @@ def test_tflite_greedy_at_batch_2_keeps_rows_independent(translator, tmp_path):
     expected = model.generate(source_ids, max_length=TARGET_LENGTH)
     np.testing.assert_array_equal(run_tflite_batches(path, source_ids, 2), expected)
     assert strided_slices_over(path, model.target_vocabulary_size) == []
+    assert softmax_input_producers(path) == {"MINIMUM"}  # not SELECT_V2 (see above)
     # A batch filled up with an all-padding row: the real row is unchanged.
     filled = np.stack([source_ids[0], np.zeros_like(source_ids[0])])
     actual = run_tflite_batches(path, filled, 2)
