@@ -11,7 +11,10 @@ loads only the TFLite runtime, runs it in a loop under Linux `perf`:
 (`run` prints its ms per step.) Session 15 found this way that the loop's
 `[:, -1]` slice of the logits ran as TFLite's reference STRIDED_SLICE
 kernel (15% of a dynamic-int8 beam b8 step), and that copies of the
-self-attention caches are most of what remains (benchmarks/RESULTS.md).
+self-attention caches are most of what remains; session 16, that TOPK_V2
+over the vocabulary took 5.5% (now `search._top_k`) and that the
+attention's SELECT_V2 split XNNPACK's graph at every attention (now a
+MINIMUM) (benchmarks/RESULTS.md).
 """
 
 import argparse
