@@ -137,7 +137,14 @@ def _attention_weights(logits, mask, dtype, dropout, training):
         # every attention: greedy b8 float 2.11 -> 2.02 ms a step, int8
         # beam b8 3.83 -> 3.62 at two threads (benchmarks/RESULTS.md,
         # session 16).
-        logits = ops.minimum(logits, ops.where(mask, float("inf"), _MASKED_LOGIT))
+        # float32 constants: Python floats would take `floatx`, and -1e9
+        # in float16 is -inf (a fully masked row would be NaN).
+        bound = ops.where(
+            mask,
+            ops.convert_to_tensor(float("inf"), "float32"),
+            ops.convert_to_tensor(_MASKED_LOGIT, "float32"),
+        )
+        logits = ops.minimum(logits, bound)
     weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
     dropped = weights if dropout is None else dropout(weights, training=training)
     return weights, dropped

@@ -311,3 +311,27 @@ class MultiHeadAttentionTest(LayerTestCase):
             MultiHeadAttention(H, 4, value_dim=2).compute_cache(x)
         with pytest.raises(ValueError, match="batch, length, dim"):
             MultiHeadAttention(H, 4)(random_inputs(B, T), random_inputs(B, T))
+
+
+@pytest.mark.parametrize("floatx", ["float32", "float16"])
+def test_masking_keeps_where_semantics(floatx):
+    """`_attention_weights` masks with a minimum against a bound made from
+    the mask (an XNNPACK op in TFLite, where a `where` was not): the
+    weights of `where(mask, logits, -1e9)`, a fully masked row uniform and
+    finite, also when `floatx` is float16 (where -1e9 would be -inf)."""
+    from keras_xformer.layers.attention import _attention_weights
+
+    saved = keras.config.floatx()
+    keras.config.set_floatx(floatx)
+    try:
+        logits = np.array([[[[1.0, 5.0, -2.0, 3e4], [7.0, -7.0, 0.5, 2.0]]]], "float32")
+        mask = np.array([[[True, False, True, False], [False, False, False, False]]])
+        weights, dropped = _attention_weights(
+            ops.convert_to_tensor(logits), ops.convert_to_tensor(mask), "float32", None, False)
+    finally:
+        keras.config.set_floatx(saved)
+    weights = to_numpy(weights)[0, 0]
+    expected = np.exp([1.0, -2.0]) / np.exp([1.0, -2.0]).sum()
+    np.testing.assert_allclose(weights[0], [expected[0], 0.0, expected[1], 0.0], rtol=1e-6)
+    np.testing.assert_allclose(weights[1], 0.25)  # fully masked: uniform, not NaN
+    np.testing.assert_array_equal(to_numpy(dropped)[0, 0], weights)
