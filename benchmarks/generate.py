@@ -80,7 +80,6 @@ from keras_xformer.decoding.search import beam_search  # noqa: E402
 from keras_xformer.decoding import search as search_module  # noqa: E402
 from keras_xformer.layers import attention as attention_module  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
-from keras_xformer.models import Transformer  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW, BEAM = 8000, 256, 8, 1024, 4, 64, 64, 4
 if ARGS.smoke:

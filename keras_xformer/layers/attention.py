@@ -134,9 +134,9 @@ def _attention_weights(logits, mask, dtype, dropout, training):
         # for every logit above _MASKED_LOGIT, and in a TFLite file one
         # XNNPACK op between the scores' and the softmax's, where a
         # SELECT_V2 (a builtin, single-threaded) split XNNPACK's graph at
-        # every attention: greedy b8 float 2.11 -> 2.02 ms a step, int8
-        # beam b8 3.83 -> 3.62 at two threads (benchmarks/RESULTS.md,
-        # session 16).
+        # every attention (benchmarks/generate.py's before rows measure
+        # this with `_top_k`: int8 beam b8 3.93 -> 3.57 ms a step at two
+        # threads; benchmarks/RESULTS.md, session 16).
         # float32 constants: Python floats would take `floatx`, and -1e9
         # in float16 is -inf (a fully masked row would be NaN).
         bound = ops.where(
