@@ -13,8 +13,8 @@ output weight, so it pays for two tiles where 7 rows pay for one.
         [--rows 1 4 7 8 14 15] [--files]
 
 Part 1: one FULLY_CONNECTED per weight matrix, `--copies` different
-matrices per call (so the weights stream from memory as in a decoding
-step), inputs of 256 -> 768, 1024 and 8000 features (the decoder's fused
+matrices per call (so no matrix stays in a core's 1 MB L2 cache from one
+call to the next; all of them fit this CPU's 32 MB L3), inputs of 256 -> 768, 1024 and 8000 features (the decoder's fused
 Q/K/V, feed-forward and output projection at generate.py's sizes); us per
 matmul, median of rounds in turns; "8 as 7+1" runs 8 rows as a 7-row and
 a 1-row matmul of the same weights (XNNPACK takes one row with its 1x32
@@ -23,8 +23,9 @@ kernel). Part 2 (`--files`): greedy TFLite files of generate.py's model
 with every 8-row FULLY_CONNECTED rewritten that way (two SLICEs, two
 FULLY_CONNECTEDs, a CONCATENATION), ms per step and per row, in turns,
 ids checked equal. Session 17 did not keep the rewrite: alone, 7+1 beat 8
-rows, but in the whole file the 1-row matmuls read their weights from
-memory again and the step got slower.
+rows, but in the whole file the 1-row matmuls cost far more than they do
+here (the 1x32 kernel at 22% of a step's `perf` samples) and the step got
+slower.
 """
 
 import argparse
