@@ -16,15 +16,13 @@ Candidates (greedy and beam 4, batch 1 and 8):
   and `BeamSampler(4)`, XLA on and off), and its `TransformerDecoder`
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
-- before: the same candidates as they were before session 16: beam
-  search took each beam's k best tokens with one TopK over the whole
-  vocabulary (where `_top_k` now takes them in blocks), and the attention
-  masked its logits with a `where` (a TFLite SELECT_V2, where it now takes
-  a minimum): the TFLite files (float32 and dynamic int8), `generate` with
-  XLA and the Keras int8 model with XLA (separate model objects with the
-  same weights, traced that way); to measure those changes in the same
-  run; not counted as "ours". (Session 15's before rows, a logits slice
-  and doubling caches: benchmarks/RESULTS.md.)
+- before: the TFLite files (float32 and dynamic int8) as they were before
+  session 18, when every beam-search file ran one step per loop
+  iteration (`export_tflite` now runs 4 where the caches are large
+  against the weights: beam b8 here);
+  to measure that change in the same run; not counted as "ours". XLA
+  paths did not change. (Earlier sessions' before rows:
+  benchmarks/RESULTS.md.)
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -77,9 +75,8 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_xformer.decoding.search import beam_search  # noqa: E402
-from keras_xformer.decoding import search as search_module  # noqa: E402
-from keras_xformer.layers import attention as attention_module  # noqa: E402
 from keras_xformer.decoding.search import greedy_search  # noqa: E402
+from keras_xformer.export import tflite as tflite_module  # noqa: E402
 
 VOCAB, WIDTH, HEADS, FF, LAYERS, SOURCE, NEW, BEAM = 8000, 256, 8, 1024, 4, 64, 64, 4
 if ARGS.smoke:
@@ -116,39 +113,16 @@ def search_fn(model, method):
     return lambda ids: beam_search(model, ids, NEW, BEAM, 0.6)
 
 
-def where_attention_weights(logits, mask, dtype, dropout, training):
-    """`attention._attention_weights` as it was before session 16: the
-    masked logits replaced with a `where` (TFLite's SELECT_V2)."""
-    logits = ops.cast(logits, "float32")
-    if mask is not None:
-        if len(mask.shape) == 3:
-            mask = ops.expand_dims(mask, 1)
-        logits = ops.where(mask, logits, attention_module._MASKED_LOGIT)
-    weights = ops.cast(ops.softmax(logits, axis=-1), dtype)
-    dropped = weights if dropout is None else dropout(weights, training=training)
-    return weights, dropped
-
-
 @contextlib.contextmanager
 def as_before():
-    """Traces decoding as it was before session 16: one TopK over the
-    whole vocabulary (`search._top_k` falls back to `ops.top_k` for rows
-    shorter than its threshold) and `where_attention_weights`."""
-    saved = search_module._TOP_K_MIN_LENGTH, attention_module._attention_weights
-    search_module._TOP_K_MIN_LENGTH = float("inf")
-    attention_module._attention_weights = where_attention_weights
+    """Exports TFLite files as before session 18: beam search one step per
+    loop iteration at every size."""
+    saved = tflite_module._UNROLL_MIN_CACHE_SHARE
+    tflite_module._UNROLL_MIN_CACHE_SHARE = float("inf")
     try:
         yield
     finally:
-        search_module._TOP_K_MIN_LENGTH, attention_module._attention_weights = saved
-
-
-def before_generate(model, method):
-    """`model.generate`, traced (on its first call) as before session 16."""
-    def run(source):
-        with as_before():
-            return model.generate(source, max_length=NEW, method=method, beam_size=BEAM)
-    return run
+        tflite_module._UNROLL_MIN_CACHE_SHARE = saved
 
 
 def saved_model_candidate(model, method, directory):
@@ -358,12 +332,6 @@ def main():
             print(f"ours quantize('int8'): not available here ({type(error).__name__}: "
                   f"{str(error)[:200]})")
             quantized = None
-    # The before rows' models: the same weights (seed 0), their own traces.
-    ours_before = quantized_before = None
-    if not (skip and "before".startswith(skip)):
-        ours_before = our_model()
-        if quantized is not None:
-            quantized_before = our_model(quantize=True)
     hub = HubLayers()
     bart_backbone = keras_hub.models.BartBackbone(
         vocabulary_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, hidden_dim=WIDTH,
@@ -390,14 +358,12 @@ def main():
                 name = f"ours TFLite {q or 'float32'}"
                 if not (skip and name.startswith(skip)):
                     candidates[name] = tflite_candidate(ours, q, method, batch, directory)
-            if not (skip and "before".startswith(skip)):
+            # Only files that session 18 changed (beam search at batch 8 here).
+            if (not (skip and "before".startswith(skip)) and method == "beam"
+                    and tflite_module._beam_unroll(ours, batch * BEAM, NEW) > 1):
                 for q in (None, "dynamic_int8"):
                     candidates[f"before: TFLite {q or 'float32'}"] = tflite_candidate(
                         ours, q, method, batch, directory, before=True)
-                candidates["before: generate XLA=True"] = before_generate(ours_before, method)
-                if quantized_before is not None:
-                    candidates["before: Keras quantize(int8) XLA"] = before_generate(
-                        quantized_before, method)
             candidates.update(ctranslate2_candidates(ours, method, directory))
             for jit in (True, False):
                 candidates[f"keras-hub BART generate XLA={jit}"] = hub_bart_candidate(
@@ -410,10 +376,7 @@ def main():
             check = ours.generate(source, max_length=NEW, method=method, beam_size=BEAM)
             assert (check != 0).all(), "the benchmark must make all 64 tokens"
             for before, now in (("before: TFLite float32", "ours TFLite float32"),
-                                ("before: TFLite dynamic_int8", "ours TFLite dynamic_int8"),
-                                ("before: generate XLA=True", "ours generate XLA=True"),
-                                ("before: Keras quantize(int8) XLA",
-                                 "ours Keras quantize(int8) XLA")):
+                                ("before: TFLite dynamic_int8", "ours TFLite dynamic_int8")):
                 if before in candidates and now in candidates:
                     same = np.mean(candidates[before](source) == candidates[now](source))
                     print(f"{method}, batch {batch}: {now} ids equal those of {before}: "

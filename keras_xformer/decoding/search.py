@@ -68,20 +68,40 @@ def _grow(tensors, length, axis):
     return keras.tree.map_structure(pad, tensors)
 
 
-def _staged_while_loop(body, state, stages, done_index, grown_axes):
+def _staged_while_loop(body, state, stages, done_index, grown_axes, unroll=1):
     """`ops.while_loop(body, state)` from step `state[0]` until the last of
     `stages` (`_stages(max_length)`) or until every row is done
     (`state[done_index]`), one loop per stage: before each, the loop
     variables at the indices of `grown_axes` (the caches, made at the first
     stage's length) are zero-padded along their axis to the stage's
-    length."""
-    for end in stages:
-        def cond(*values, end=end):
-            return ops.logical_and(values[0] < end, ops.logical_not(ops.all(values[done_index])))
+    length.
 
+    `unroll`: each loop iteration runs `body` that many times (a stage's
+    last `length % unroll` steps run one at a time, in a loop of their own).
+    Steps taken after every row is done, inside an iteration, change
+    nothing: a done row already steps while the others finish."""
+    def unrolled(*values):
+        for _ in range(unroll):
+            values = body(*values)
+        return values
+
+    start = 0
+    for end in stages:
         state = tuple(_grow(value, end, grown_axes[index]) if index in grown_axes else value
                       for index, value in enumerate(state))
-        state = ops.while_loop(cond, body, state)
+        # Whole iterations from `start` up to `split`, then single steps.
+        split = end - (end - start) % unroll
+        loops = [(split, unrolled if unroll > 1 else body)]
+        if split < end:
+            loops.append((end, body))
+        for stop, step in loops:
+            if stop > start:
+                def cond(*values, stop=stop):
+                    return ops.logical_and(values[0] < stop,
+                                           ops.logical_not(ops.all(values[done_index])))
+
+                state = ops.while_loop(cond, step, state)
+        start = end
     return state
 
 
@@ -108,9 +128,12 @@ def _argmax(logits):
     return ops.cast(ops.argmax(logits, axis=-1), "int32")
 
 
-def greedy_search(model, source_ids, max_length, stage_step=None):
+def greedy_search(model, source_ids, max_length, stage_step=None, unroll=1):
     """Argmax decoding; see `Transformer.generate`. Returns `(batch,
-    max_length)` int32 ids. `stage_step`: see `_stages`."""
+    max_length)` int32 ids. `stage_step`: see `_stages`; `unroll`: steps
+    per loop iteration, see `_staged_while_loop` (`export_tflite` keeps 1:
+    in a TFLite file greedy search has no gather whose result a cache write
+    could update in place, and unrolled it was slower; see `beam_search`)."""
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     cross_caches = model.decoder.compute_cross_attention_caches(
         encoder_outputs, layout="split"
@@ -134,7 +157,8 @@ def greedy_search(model, source_ids, max_length, stage_step=None):
         ops.zeros((batch,), "bool"),
         _empty_self_attention_caches(model, batch, stages[0]),
     )
-    return _staged_while_loop(body, state, stages, done_index=3, grown_axes={4: 2})[2]
+    return _staged_while_loop(body, state, stages, done_index=3, grown_axes={4: 2},
+                              unroll=unroll)[2]
 
 
 # `_top_k` reads a vocabulary this long or longer in blocks of this many.
@@ -214,7 +238,7 @@ def _select_two_stage(logits, scores, done, batch, k):
 
 
 def beam_search(model, source_ids, max_length, beam_size, length_penalty,
-                reorder_caches=False, stage_step=None):
+                reorder_caches=False, stage_step=None, unroll=1):
     """Beam search with the length penalty of Wu et al. (2016),
     `((5 + length) / 6) ** alpha`, applied when choosing among the final
     beams. A finished beam keeps its score and competes for its slot; the
@@ -229,7 +253,17 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
     rows beats one of every (row, head, position) slice (dynamic int8 beam
     b1 0.75 -> 0.72, b8 8.14 -> 7.54 ms in a throwaway check; the session-14
     tables of benchmarks/RESULTS.md): `export_tflite` sets it.
-    `stage_step`: see `_stages`."""
+    `stage_step`: see `_stages`.
+
+    `unroll`: decoding steps per loop iteration (`_staged_while_loop`), for
+    TFLite with `reorder_caches`: there a loop copies every cache it
+    changes back into its inputs at the end of each iteration, and a cache
+    write reads a loop input, so it copies the whole cache first; inside an
+    unrolled iteration, the write after a reordering gather updates the
+    gather's result in place (TFLite's planner shares an op's input buffer
+    with its output when nothing else reads the input and neither is a
+    loop input or output). `export_tflite` sets it at 16 rows or more
+    (benchmarks/RESULTS.md, session 18)."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
@@ -294,7 +328,7 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
         _empty_self_attention_caches(model, batch * k, first_stage),
     )
     _, _, sequences, scores, lengths, _, _, _ = _staged_while_loop(
-        body, state, stages, done_index=5, grown_axes={6: 1, 7: 2})
+        body, state, stages, done_index=5, grown_axes={6: 1, 7: 2}, unroll=unroll)
     penalty = ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, length_penalty)
     # `_argmax`, not `ops.argmax`: the latter's negative-zero fix-up is a
     # BitwiseAnd on TensorFlow, which has no TFLite builtin, and stops

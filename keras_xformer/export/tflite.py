@@ -17,6 +17,16 @@ QUANTIZATIONS = (None, "dynamic_int8", "float16")
 # every step (its memory planner cannot update a loop variable in place),
 # so shorter ones pay (benchmarks/RESULTS.md, session 15).
 _STAGE_STEP = 16
+# Beam search whose self-attention caches (float32, at full length) take at
+# least this share of the decoder's float32 weights (its layers and output
+# projection) runs _BEAM_UNROLL decoding steps per loop iteration
+# (`beam_search`'s `unroll`): fewer whole-cache copies, but the interpreter
+# then holds XNNPACK's packed weights once per unrolled step. On
+# generate.py's model (25 MB of such weights; benchmarks/tflite_unroll.py,
+# benchmarks/RESULTS.md, session 18), dynamic int8, two threads: beam b8
+# (16 MiB of caches) and b4 (8 MiB) gained, b2 (4 MiB) lost.
+_BEAM_UNROLL = 4
+_UNROLL_MIN_CACHE_SHARE = 0.25
 METHODS = ("greedy", "beam")
 
 
@@ -38,6 +48,15 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     fill a short batch up with rows of 0s; rows are independent, so padding
     rows and 0-padded sources do not change the other rows' outputs. Export
     one file per batch size and method you serve.
+
+    Beam search over large batches (self-attention caches of at least a
+    quarter of the decoder's float32 weights: batch 4 and up at beam 4 for
+    a 4-layer, width-256 model with a vocabulary of 8000 and 64 target
+    tokens) runs 4 decoding steps per loop iteration, which saves cache
+    copies and costs memory, as the runtime holds the packed weights once
+    per step. On that model at batch 8 (benchmarks/tflite_unroll.py), the
+    dynamic int8 file took 0.81x the time for 161 -> 238 MiB peak memory,
+    and the float32 file 0.87x for 263 -> 534 MiB.
 
     The file takes ids, so a model trained with protected spans (`xformer
     train --data`, see `keras_xformer.text.spans`) needs its spans masked
@@ -129,7 +148,9 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
                                   beam_size, float(length_penalty),
                                   # Faster in a TFLite loop than reading
                                   # through `cache_rows` (see beam_search).
-                                  reorder_caches=True, stage_step=_STAGE_STEP)
+                                  reorder_caches=True, stage_step=_STAGE_STEP,
+                                  unroll=_beam_unroll(model, batch_size * beam_size,
+                                                      max_target_length))
         return {"target_ids": ids}
 
     concrete = translate.get_concrete_function()
@@ -143,3 +164,13 @@ def export_tflite(path, model, source_length, max_target_length, quantization=No
     with open(path, "wb") as f:
         f.write(flatbuffer)
     return len(flatbuffer)
+
+
+def _beam_unroll(model, rows, max_length):
+    """Decoding steps per loop iteration of a beam search over `rows` rows
+    (batch size times beam size): `_BEAM_UNROLL` where the keys and values
+    of every decoder layer at `max_length` positions take at least
+    `_UNROLL_MIN_CACHE_SHARE` of the decoder's weights, else 1."""
+    cache_bytes = rows * model.num_layers * 2 * max_length * model.hidden_dim * 4
+    weight_bytes = 4 * (model.decoder.count_params() + model.output_projection.count_params())
+    return _BEAM_UNROLL if cache_bytes >= _UNROLL_MIN_CACHE_SHARE * weight_bytes else 1

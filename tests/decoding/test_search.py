@@ -253,6 +253,49 @@ def test_stepped_stages_decode_as_doubling_ones(method):
     assert (expected[:, 9:] != 0).any()  # some rows reach the last stage
 
 
+def _early_ending_model():
+    """`_random_model` with [END] favoured: every row ends within a few
+    steps (greedy: at the first or second), so an unrolled loop takes steps
+    after the last row is done."""
+    model, source = _random_model(7)
+    bias = np.zeros(30, "float32")
+    bias[0], bias[3] = -1e4, 3.0
+    model.output_projection.bias.assign(bias)
+    return model, source
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+@pytest.mark.parametrize("unroll", [2, 4])
+@pytest.mark.parametrize("ending", ["late", "early"])
+def test_unrolled_loops_decode_as_single_steps(method, unroll, ending):
+    # Several steps per loop iteration (TFLite's beam search: fewer cache
+    # copies), over stepped stages of 3, 3, 3 and 4 positions, so that
+    # stages shorter than `unroll` and remainders run single steps: the
+    # same ids as `generate`. "early": every row ends before the last
+    # iteration, whose later steps then run with every row done.
+    from keras_xformer.decoding.search import beam_search
+    from keras_xformer.decoding.search import greedy_search
+
+    model, source = _random_model(3) if ending == "late" else _early_ending_model()
+    expected = model.generate(source, max_length=13, method=method, beam_size=3)
+    ids = ops.convert_to_tensor(source)
+    for stage_step in (3, None):
+        if method == "greedy":
+            actual = [greedy_search(model, ids, 13, stage_step=stage_step, unroll=unroll)]
+        else:
+            actual = [beam_search(model, ids, 13, 3, 0.6, reorder_caches=reorder,
+                                  stage_step=stage_step, unroll=unroll)
+                      for reorder in (False, True)]
+        for ids_out in actual:
+            np.testing.assert_array_equal(ops.convert_to_numpy(ids_out), expected)
+    if ending == "late":
+        assert (expected[:, 9:] != 0).any()
+    else:
+        # Every row ended (a 0 after its [END]) by position 5: the last
+        # steps of an iteration ran after every row was done.
+        assert (expected[:, 5:] == 0).all() and (expected[:, 0] != 0).all()
+
+
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
@@ -277,6 +320,35 @@ def test_staged_caches_in_tflite(method, monkeypatch, tmp_path):
     export_tflite(path, model, 7, 13, batch_size=4, method=method, beam_size=3)
     runner = Interpreter(model_path=path).get_signature_runner()
     np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("ending", ["late", "early"])
+def test_unrolled_beam_search_in_tflite(ending, monkeypatch, tmp_path):
+    # A beam-search file whose loop runs 4 steps an iteration (as
+    # `export_tflite` does where the caches are large against the weights;
+    # the share lowered here so that this model's 12 rows qualify and 11 do
+    # not), caches growing every 4 positions (4, 8, 13: the last stage's
+    # 5th step single): the same ids as `generate`, also when every row has
+    # ended inside an iteration.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_xformer.export import export_tflite
+    from keras_xformer.export import tflite
+
+    model, source = _random_model(4) if ending == "late" else _early_ending_model()
+    expected = model.generate(source, max_length=13, method="beam", beam_size=3)
+    monkeypatch.setattr(tflite, "_STAGE_STEP", 4)
+    weight_bytes = 4 * (model.decoder.count_params() + model.output_projection.count_params())
+    cache_bytes_per_row = 2 * 2 * 13 * 16 * 4  # layers, keys and values, positions, width
+    monkeypatch.setattr(tflite, "_UNROLL_MIN_CACHE_SHARE", 11.5 * cache_bytes_per_row / weight_bytes)
+    assert tflite._beam_unroll(model, 12, 13) == 4 and tflite._beam_unroll(model, 11, 13) == 1
+    path = str(tmp_path / "unrolled.tflite")
+    export_tflite(path, model, 7, 13, batch_size=4, method="beam", beam_size=3)
+    runner = Interpreter(model_path=path).get_signature_runner()
+    np.testing.assert_array_equal(runner(source_ids=source)["target_ids"], expected)
+    if ending == "early":
+        assert (expected[:, 5:] == 0).all()
 
 
 @pytest.mark.parametrize("n, block, k", [(64, 8, 4), (61, 8, 3), (8000, 32, 4), (1030, 32, 1)])
