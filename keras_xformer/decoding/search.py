@@ -77,7 +77,8 @@ def _staged_while_loop(body, state, stages, done_index, grown_axes, unroll=1):
     length.
 
     `unroll`: each loop iteration runs `body` that many times (a stage's
-    last `length % unroll` steps run one at a time, in a loop of their own).
+    last `length % unroll` steps run one at a time, in a loop of their own;
+    the stages' lengths count from step 0, where both searches start).
     Steps taken after every row is done, inside an iteration, change
     nothing: a done row already steps while the others finish."""
     def unrolled(*values):
@@ -262,8 +263,9 @@ def beam_search(model, source_ids, max_length, beam_size, length_penalty,
     unrolled iteration, the write after a reordering gather updates the
     gather's result in place (TFLite's planner shares an op's input buffer
     with its output when nothing else reads the input and neither is a
-    loop input or output). `export_tflite` sets it at 16 rows or more
-    (benchmarks/RESULTS.md, session 18)."""
+    loop input or output). `export_tflite` sets it where the caches are
+    large against the weights (`tflite._beam_unroll`; benchmarks/RESULTS.md,
+    session 18)."""
     k = beam_size
     encoder_outputs, source_mask = model.encode(source_ids, training=False)
     batch = ops.shape(source_ids)[0]
