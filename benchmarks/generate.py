@@ -17,12 +17,11 @@ Candidates (greedy and beam 4, batch 1 and 8):
   layers driven by `GreedySampler` as its BART does (greedy only).
 - naive: the tutorial's loop, a full forward pass per token (greedy only).
 - before: the TFLite files (float32 and dynamic int8) as they were before
-  session 18, when every beam-search file ran one step per loop
-  iteration (`export_tflite` now runs 4 where the caches are large
-  against the weights: beam b8 here);
-  to measure that change in the same run; not counted as "ours". XLA
-  paths did not change. (Earlier sessions' before rows:
-  benchmarks/RESULTS.md.)
+  session 18, when every beam-search file ran one step per loop iteration
+  (`export_tflite` now runs 4 where the caches are large against the
+  weights: beam b8 here), to measure that change in the same run; not
+  counted as "ours". XLA paths did not change. (Earlier sessions' before
+  rows: benchmarks/RESULTS.md.)
 
 Sizes (random weights): width 256, 8 heads, feed-forward 1024, 4 encoder +
 4 decoder layers, vocabulary 8000, source length 64, 64 new tokens; [END]
@@ -70,7 +69,6 @@ if ARGS.threads:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 import keras  # noqa: E402
-from keras import ops  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
